@@ -1,0 +1,43 @@
+# amalgam8: set-up, tests, benchmarks and the demo.
+#
+#   make setup   .venv + pip install -e '.[dev]' + the Debian packages the tests need
+#   make test    setup, then the whole Trial suite
+#   make bench   setup, then every benchmark in bench/ (each prints a table)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the test suite needs, and those the benchmarks need on top.
+TEST_DEBS :=
+BENCH_DEBS := wrk
+TRIAL_ARGS ?= tests
+
+.PHONY: setup test bench debs bench-debs clean
+
+setup: $(VENV)/.installed debs
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+debs:
+	@sh scripts/debs.sh $(TEST_DEBS)
+
+bench-debs:
+	@sh scripts/debs.sh $(BENCH_DEBS)
+
+test: setup
+	$(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
+
+bench: setup bench-debs
+	@for script in bench/*; do \
+	  case "$$script" in *.lua|*.md|*/__pycache__) continue;; esac; \
+	  [ -x "$$script" ] || continue; \
+	  echo "== $$script"; $(PY) $$script || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) *.egg-info _trial_temp* twisted/plugins/dropin.cache

@@ -1,0 +1,376 @@
+# -*- test-case-name: tests.test_registry_api -*-
+"""
+The registry's HTTP API (SPEC A2 and B1), as an instance-bound Klein app.
+"""
+
+import json
+import math
+import time
+from importlib import resources
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+
+from amalgam8.errors import A8Error, InvalidRequest, NotFound, Unauthorized
+from amalgam8.durations import parse_duration
+from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
+from amalgam8.web import Front, Metrics, json_body, query, route_name
+
+__all__ = ["RegistryAPI", "TTLPolicy"]
+
+_LIST_PARAMS = frozenset({"service_name", "tags", "status", "id", "fields", "wait", "index"})
+_FILTERS = frozenset({"service_name", "tags", "status", "id"})
+_JSON = b"application/json"
+MAX_WAIT = 600.0
+
+
+@attrs.frozen
+class TTLPolicy:
+    """The default, minimum and maximum ttl (seconds) of SPEC A2."""
+
+    default: float = 30
+    minimum: float = 10
+    maximum: float = 600
+
+    def grant(self, requested):
+        ttl = requested or self.default
+        ttl = min(max(ttl, self.minimum), self.maximum)
+        return int(ttl) if ttl == int(ttl) else ttl
+
+
+def _split(values):
+    items = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                raise InvalidRequest("empty value in a filter")
+            items.append(item)
+    return items
+
+
+class RegistryAPI:
+    """
+    @ivar store: an L{amalgam8.interfaces.IRegistryStore}.
+    @ivar authenticator: an L{amalgam8.auth.Authenticator}.
+    @ivar clock: the C{IReactorTime} that times out blocking reads.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, store, authenticator, clock, ttl=TTLPolicy(), metrics=None,
+                 require_https=False, metrics_token=None):
+        self._store = store
+        self._auth = authenticator
+        self._clock = clock
+        self._ttl = ttl
+        self._metrics = metrics if metrics is not None else Metrics("a8_registry")
+        self._metrics_token = metrics_token
+        self._started = clock.seconds()
+        self._metrics.registry.register(_StoreCollector(store))
+        self._require_https = require_https
+
+    def resource(self):
+        """The root C{IResource} of the server."""
+        return Front(self.app.resource(), self._metrics, self._require_https)
+
+    def _namespace(self, request):
+        return self._auth.namespace(request.getHeader(b"authorization"))
+
+    # -- errors -----------------------------------------------------------------------------
+
+    @app.handle_errors(A8Error)
+    def _domain_error(self, request, failure):
+        error = failure.value
+        request.setResponseCode(error.status)
+        if error.status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
+        return _error(request, error.message)
+
+    @app.handle_errors(RouteNotFound)
+    def _no_route(self, request, failure):
+        request.setResponseCode(404)
+        return _error(request, "no such endpoint")
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        request.setResponseCode(405)
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        return _error(request, "method not allowed")
+
+    @app.handle_errors(Exception)
+    def _bug(self, request, failure):
+        if failure.check(CancelledError):
+            return b""
+        self.log.failure("unexpected error answering {method} {uri}", failure,
+                         method=request.method, uri=request.uri)
+        request.setResponseCode(500)
+        return _error(request, "internal error")
+
+    # -- liveness, metrics, description ------------------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    @app.route("/uptime", methods=["GET", "HEAD"])
+    @route_name("uptime")
+    async def uptime(self, request):
+        uptime = self._clock.seconds() - self._started
+        return _json(request, {"status": "up", "uptime": round(uptime, 3)})
+
+    @app.route("/metrics", methods=["GET"])
+    @route_name("metrics")
+    async def metrics(self, request):
+        if self._metrics_token is not None:
+            header = request.getHeader(b"authorization") or b""
+            if header.partition(b" ")[2].strip() != self._metrics_token.encode("utf-8"):
+                raise Unauthorized("metrics need the metrics token")
+        request.setHeader(b"content-type", self._metrics.content_type)
+        return self._metrics.render()
+
+    @app.route("/openapi.json", methods=["GET"])
+    @route_name("openapi")
+    async def openapi(self, request):
+        return _body(request, _openapi())
+
+    # -- instances ---------------------------------------------------------------------------
+
+    @app.route("/api/v1/instances", methods=["POST"])
+    @route_name("register")
+    async def register(self, request):
+        namespace = self._namespace(request)
+        body = json_body(request)
+        registration = parse_registration(body, self._ttl.grant)
+        instance = await self._store.register(namespace, registration)
+        self.log.debug("registered {service} {id} in {namespace}",
+                       service=registration.service_name, id=instance.id,
+                       namespace=namespace)
+        url = _base_url(request) + "/api/v1/instances/" + instance.id
+        request.setResponseCode(201)
+        request.setHeader(b"location", url.encode("utf-8"))
+        return _json(request, {
+            "id": instance.id,
+            "ttl": registration.ttl,
+            "links": {"self": url, "heartbeat": url + "/heartbeat"},
+        })
+
+    @app.route("/api/v1/instances/<string:instance_id>/heartbeat", methods=["PUT"])
+    @route_name("heartbeat")
+    async def heartbeat(self, request, instance_id):
+        namespace = self._namespace(request)
+        await self._store.heartbeat(namespace, instance_id)
+        return _body(request, b"")
+
+    @app.route("/api/v1/instances/<string:instance_id>", methods=["DELETE"])
+    @route_name("deregister")
+    async def deregister(self, request, instance_id):
+        namespace = self._namespace(request)
+        instance = await self._store.deregister(namespace, instance_id)
+        self.log.debug("deregistered {service} {id} in {namespace}",
+                       service=instance.service_name, id=instance.id, namespace=namespace)
+        return _body(request, b"")
+
+    @app.route("/api/v1/instances", methods=["GET"])
+    @route_name("instances")
+    async def instances(self, request):
+        namespace = self._namespace(request)
+        params = query(request, _LIST_PARAMS)
+        select = _selection(params)
+        fields = _fields(params)
+        index, instances = await self._blocking(
+            request, params, namespace, lambda: self._store.instances(
+                namespace, select.service if select.service_count == 1 else None))
+        request.setHeader(b"a8-index", str(index).encode("ascii"))
+        chosen = [i for i in instances if select.matches(i)]
+        return _json_instances(request, b'{"instances":[', chosen, fields)
+
+    async def _blocking(self, request, params, namespace, read):
+        """Read, and when C{wait} and C{index} ask for it, wait for a newer index first."""
+        wait = params.get("wait")
+        index = params.get("index")
+        if wait is not None:
+            try:
+                wait = min(parse_duration(wait[-1]), MAX_WAIT)
+            except ValueError:
+                raise InvalidRequest("wait must be a duration such as 30s")
+        if index is not None:
+            try:
+                index = int(index[-1])
+                if index < 0:
+                    raise ValueError(index)
+            except ValueError:
+                raise InvalidRequest("index must be a non-negative integer")
+        current, result = await read()
+        if wait and index is not None and current <= index:
+            change = self._store.wait_for_change(namespace, index)
+            change.addTimeout(wait, self._clock)
+            try:
+                await change
+            except TimeoutError:
+                pass
+            current, result = await read()
+        return current, result
+
+    # -- services ----------------------------------------------------------------------------
+
+    @app.route("/api/v1/services", methods=["GET"])
+    @route_name("services")
+    async def services(self, request):
+        namespace = self._namespace(request)
+        params = query(request, frozenset({"wait", "index"}))
+        index, names = await self._blocking(
+            request, params, namespace, lambda: self._store.services(namespace))
+        request.setHeader(b"a8-index", str(index).encode("ascii"))
+        return _json(request, {"services": names})
+
+    @app.route("/api/v1/services/<string:name>", methods=["GET"])
+    @route_name("service")
+    async def service(self, request, name):
+        namespace = self._namespace(request)
+        params = query(request, frozenset({"wait", "index", "fields"}))
+        fields = _fields(params)
+        index, instances = await self._blocking(
+            request, params, namespace, lambda: self._store.instances(namespace, name))
+        request.setHeader(b"a8-index", str(index).encode("ascii"))
+        if not instances:
+            raise NotFound("no instances of service {}".format(name))
+        head = b'{"service_name":' + json.dumps(name).encode("utf-8") + b',"instances":['
+        return _json_instances(request, head, instances, fields)
+
+
+@attrs.frozen
+class _Selection:
+    services: frozenset = None
+    ids: frozenset = None
+    tags: tuple = ()
+    statuses: frozenset = None
+
+    @property
+    def service_count(self):
+        return len(self.services) if self.services is not None else 0
+
+    @property
+    def service(self):
+        return next(iter(self.services))
+
+    def matches(self, instance):
+        registration = instance.registration
+        if self.statuses is not None and registration.status not in self.statuses:
+            return False
+        if self.services is not None and registration.service_name not in self.services:
+            return False
+        if self.ids is not None and registration.id not in self.ids:
+            return False
+        if self.tags:
+            have = registration.tags
+            return all(tag in have for tag in self.tags)
+        return True
+
+
+def _selection(params):
+    filters = _FILTERS.intersection(params)
+    services = frozenset(_split(params["service_name"])) if "service_name" in params else None
+    ids = frozenset(_split(params["id"])) if "id" in params else None
+    tags = tuple(_split(params["tags"])) if "tags" in params else ()
+    statuses = None
+    if "status" in params:
+        wanted = {s.upper() for s in _split(params["status"])}
+        unknown = wanted - set(STATUSES) - {"ALL"}
+        if unknown:
+            raise InvalidRequest("unknown status {} (expected {} or ALL)".format(
+                ", ".join(sorted(unknown)), ", ".join(STATUSES)))
+        statuses = None if "ALL" in wanted else frozenset(wanted)
+    elif not filters:
+        statuses = frozenset({"UP"})
+    return _Selection(services, ids, tags, statuses)
+
+
+def _fields(params):
+    if "fields" not in params:
+        return None
+    fields = _split(params["fields"])
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise InvalidRequest("unknown field {}".format(", ".join(sorted(unknown))))
+    return set(fields) | {"id", "endpoint"}
+
+
+def _json(request, value):
+    return _body(request, json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+def _body(request, data):
+    """Answer C{data} as JSON with a Content-Length (no chunked encoding)."""
+    request.setHeader(b"content-type", _JSON)
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
+
+
+def _error(request, message):
+    return _json(request, {"Error": message})
+
+
+def _json_instances(request, head, instances, fields):
+    if fields is None:
+        body = b",".join(instance.encode() for instance in instances)
+    else:
+        body = b",".join(
+            json.dumps({k: v for k, v in i.as_dict().items() if k in fields},
+                       separators=(",", ":")).encode("utf-8")
+            for i in instances
+        )
+    return _body(request, head + body + b"]}")
+
+
+def _base_url(request):
+    secure = request.isSecure()
+    proto = request.getHeader(b"x-forwarded-proto")
+    if proto is not None and proto.strip().lower() in (b"http", b"https"):
+        secure = proto.strip().lower() == b"https"
+    host = request.getHeader(b"host")
+    if host is None:
+        address = request.getHost()
+        host = "{}:{}".format(getattr(address, "host", "localhost"),
+                              getattr(address, "port", 0)).encode("ascii")
+    return ("https://" if secure else "http://") + host.decode("latin-1")
+
+
+_OPENAPI = []
+
+
+def _openapi():
+    if not _OPENAPI:
+        text = resources.files("amalgam8.registry").joinpath("openapi.json").read_bytes()
+        _OPENAPI.append(text)
+    return _OPENAPI[0]
+
+
+class _StoreCollector:
+    """Reads the store's counters when Prometheus scrapes."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self._store.stats()
+        instances = GaugeMetricFamily(
+            "a8_registry_instances", "Registered instances, by namespace.",
+            labels=["namespace"])
+        for namespace, count in sorted(stats["instances"].items()):
+            instances.add_metric([namespace], count)
+        yield instances
+        for name, text in (
+            ("registrations", "Registrations accepted (re-registrations included)."),
+            ("heartbeats", "Heartbeats accepted."),
+            ("deregistrations", "Instances deregistered."),
+            ("expirations", "Instances removed because their ttl ran out."),
+        ):
+            yield CounterMetricFamily("a8_registry_" + name, text, value=stats[name])
+        yield GaugeMetricFamily("a8_registry_blocking_reads",
+                                "Blocking reads waiting for a change.",
+                                value=stats.get("waiters", 0))

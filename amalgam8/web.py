@@ -1,0 +1,223 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+What the Klein servers share: JSON bodies and their limits, request ids, the HTTPS
+redirect, metrics per route and status, and error answers.
+"""
+
+import json
+import time
+import uuid
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from amalgam8.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+__all__ = [
+    "MAX_BODY",
+    "A8Site",
+    "Front",
+    "Metrics",
+    "json_body",
+    "query",
+    "route_name",
+]
+
+MAX_BODY = 1 << 20
+_REQUEST_ID = b"a8-request-id"
+_FORWARDED_PROTO = b"x-forwarded-proto"
+_CONTENT_TYPE = b"content-type"
+
+_decoder = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
+
+
+def _reject_constant(name):
+    raise ValueError("{} is not JSON".format(name))
+
+
+def json_body(request, limit=MAX_BODY):
+    """
+    Read and decode a request's JSON body.
+
+    @raise UnsupportedMediaType: when the content type is not C{application/json}.
+    @raise PayloadTooLarge: when the body is over C{limit} bytes.
+    @raise InvalidRequest: when the body is not JSON in UTF-8.
+    """
+    content_type = request.getHeader(_CONTENT_TYPE)
+    if content_type is None:
+        raise UnsupportedMediaType("the body must be application/json")
+    media = content_type.split(b";", 1)[0].strip().lower()
+    if media != b"application/json":
+        raise UnsupportedMediaType("the body must be application/json")
+    length = request.getHeader(b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge("the body is larger than {} bytes".format(limit))
+    content = request.content
+    content.seek(0)
+    raw = content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge("the body is larger than {} bytes".format(limit))
+    try:
+        return _decoder.decode(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("the body is not valid JSON")
+
+
+def query(request, allowed):
+    """
+    Decode a request's query parameters.
+
+    @param allowed: the names a client may use.
+    @return: a dict from name to the list of its values (text).
+    @raise InvalidRequest: for a name not in C{allowed} or bytes that are not UTF-8.
+    """
+    result = {}
+    for name, values in request.args.items():
+        try:
+            key = name.decode("utf-8")
+            decoded = [value.decode("utf-8") for value in values]
+        except UnicodeDecodeError:
+            raise InvalidRequest("the query is not UTF-8")
+        if key not in allowed:
+            raise InvalidRequest("unknown filter {!r}".format(key))
+        result[key] = decoded
+    return result
+
+
+def route_name(name):
+    """
+    Name a Klein handler's route for metrics (decorate below C{@app.route}).
+    """
+
+    def decorate(function):
+        async def handler(self, request, *args, **kwargs):
+            request.route = name
+            return await function(self, request, *args, **kwargs)
+
+        handler.__name__ = function.__name__
+        handler.__doc__ = function.__doc__
+        return handler
+
+    return decorate
+
+
+class Metrics:
+    """
+    Prometheus metrics of one server: a private registry, request counts by route, method
+    and status, and request latency by route and method.
+    """
+
+    def __init__(self, prefix, registry=None):
+        self.prefix = prefix
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._children = {}
+        self._requests = Counter(
+            prefix + "_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            prefix + "_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1, 2.5, 5, 10, 30, 60),
+        )
+
+    def observe(self, route, method, status, seconds):
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self._requests.labels(route, method, str(status)),
+                self._latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self):
+        return generate_latest(self.registry)
+
+    content_type = CONTENT_TYPE_LATEST.encode("ascii")
+
+
+class Front(Resource):
+    """
+    The root of a server: gives every request an C{A8-Request-Id} (echoed or fresh),
+    redirects plain HTTP when HTTPS is required, records status and latency per route, and
+    hands the request to C{inner} (a Klein resource, or a faster route ahead of it).
+
+    @ivar inner: the C{IResource} that answers (rendered as a leaf).
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner, metrics, require_https=False, clock=time.perf_counter):
+        Resource.__init__(self)
+        self.inner = inner
+        self.metrics = metrics
+        self.require_https = require_https
+        self._now = clock
+
+    def render(self, request):
+        started = self._now()
+        request.route = "unmatched"
+        given = request.requestHeaders.getRawHeaders(_REQUEST_ID)
+        rid = given[0] if given and 0 < len(given[0]) <= 128 and given[0].isascii() else None
+        if rid is None:
+            rid = str(uuid.uuid4()).encode("ascii")
+        request.responseHeaders.setRawHeaders(_REQUEST_ID, [rid])
+        request.notifyFinish().addBoth(self._finished, request, started)
+        if self.require_https and not _secure(request):
+            return _redirect(request)
+        return self.inner.render(request)
+
+    def _finished(self, _ignored, request, started):
+        self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
+                             request.code, self._now() - started)
+
+
+def _secure(request):
+    if request.isSecure():
+        return True
+    proto = request.requestHeaders.getRawHeaders(_FORWARDED_PROTO)
+    return bool(proto) and proto[0].strip().lower() == b"https"
+
+
+def _redirect(request):
+    host = request.getHeader(b"host") or b"localhost"
+    request.setResponseCode(301)
+    request.setHeader(b"location", b"https://" + host + request.uri)
+    request.setHeader(b"content-type", b"application/json")
+    request.route = "https_redirect"
+    return b'{"Error":"this server requires HTTPS"}'
+
+
+class A8Site(Site):
+    """
+    A L{Site} with no per-request access log: metrics count every request, and a text log
+    line per request would cost more than answering it.
+    """
+
+    def log(self, request):
+        pass
+
+
+class MetricsResource(Resource):
+    """C{GET /metrics} in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics):
+        Resource.__init__(self)
+        self._metrics = metrics
+
+    def render_GET(self, request):
+        request.route = "metrics"
+        request.setHeader(b"content-type", self._metrics.content_type)
+        return self._metrics.render()

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="amalgam8",
+    version="0.1.0",
+    description="A service mesh for polyglot microservices, on Twisted.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    # twisted.plugins is a namespace shared with Twisted: list it explicitly and never ship
+    # an __init__.py in it.
+    packages=find_packages(include=["amalgam8", "amalgam8.*"]) + ["twisted.plugins"],
+    package_data={
+        "amalgam8.registry": ["openapi.json"],
+        "twisted.plugins": ["amalgam8_plugins.py"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls]>=24.7.0",
+        "klein>=24.8.0",
+        "treq>=24.9.1",
+        "attrs>=23.2.0",
+        "zope.interface>=6.0",
+        "pyopenssl>=24.0.0",
+        # HS256 JWTs for A8_AUTH_MODE=jwt: a well-kept implementation beats hand-rolled crypto.
+        "PyJWT>=2.8.0",
+        # The Prometheus text format and histograms for GET /metrics.
+        "prometheus-client>=0.20.0",
+    ],
+    extras_require={
+        "dev": [
+            "hypothesis>=6.100",
+            "openapi-spec-validator>=0.7",
+        ],
+    },
+    zip_safe=False,
+)

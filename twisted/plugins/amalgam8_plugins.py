@@ -1,0 +1,5 @@
+from twisted.application.service import ServiceMaker
+
+a8registry = ServiceMaker(
+    "amalgam8 registry", "amalgam8.registry.tap", "The amalgam8 service registry.", "a8registry"
+)
