@@ -167,15 +167,20 @@ class Front(Resource):
     def render(self, request):
         started = self._now()
         request.route = "unmatched"
+        self.request_id(request)
+        request.notifyFinish().addBoth(self._finished, request, started)
+        if self.require_https and not _secure(request):
+            return _redirect(request)
+        return self.inner.render(request)
+
+    @staticmethod
+    def request_id(request):
+        """Echo the request's C{A8-Request-Id}, or answer with a fresh UUID."""
         given = request.requestHeaders.getRawHeaders(_REQUEST_ID)
         rid = given[0] if given and 0 < len(given[0]) <= 128 and given[0].isascii() else None
         if rid is None:
             rid = str(uuid.uuid4()).encode("ascii")
         request.responseHeaders.setRawHeaders(_REQUEST_ID, [rid])
-        request.notifyFinish().addBoth(self._finished, request, started)
-        if self.require_https and not _secure(request):
-            return _redirect(request)
-        return self.inner.render(request)
 
     def _finished(self, _ignored, request, started):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),

@@ -17,7 +17,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 from amalgam8.errors import A8Error, InvalidRequest, NotFound, Unauthorized
 from amalgam8.durations import parse_duration
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
-from amalgam8.web import Front, Metrics, json_body, query, route_name
+from amalgam8.registry.fast import RegistryFront
+from amalgam8.web import Metrics, json_body, query, route_name
 
 __all__ = ["RegistryAPI", "TTLPolicy"]
 
@@ -76,7 +77,8 @@ class RegistryAPI:
 
     def resource(self):
         """The root C{IResource} of the server."""
-        return Front(self.app.resource(), self._metrics, self._require_https)
+        return RegistryFront(self.app.resource(), self._metrics, self._store, self._auth,
+                             self._require_https)
 
     def _namespace(self, request):
         return self._auth.namespace(request.getHeader(b"authorization"))

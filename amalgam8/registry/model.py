@@ -65,7 +65,7 @@ def rfc3339(timestamp):
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Registration:
     """
     What an instance registered with, validated and normalised.
@@ -121,7 +121,7 @@ class Registration:
         )
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class Instance:
     """
     A registered instance and its last heartbeat (POSIX seconds).

@@ -29,11 +29,12 @@ __all__ = ["MemoryStore"]
 class _Entry:
     """One instance as the store holds it: the current snapshot and its wheel slot."""
 
-    __slots__ = ("instance", "slot")
+    __slots__ = ("instance", "slot", "namespace")
 
-    def __init__(self, instance, slot):
+    def __init__(self, instance, slot, namespace):
         self.instance = instance
         self.slot = slot
+        self.namespace = namespace
 
 
 class _Namespace:
@@ -110,14 +111,17 @@ class MemoryStore(Service):
             return None
         return int(math.floor(expires / self.granularity))
 
-    def _file(self, entry, namespace_name):
+    def _file(self, entry):
         slot = self._slot_of(entry.instance)
+        if slot is not None and self._next_slot is not None and slot < self._next_slot:
+            # That slot has been swept already: the next sweep looks at it.
+            slot = self._next_slot
         entry.slot = slot
         if slot is not None:
             bucket = self._wheel.get(slot)
             if bucket is None:
                 bucket = self._wheel[slot] = []
-            bucket.append((namespace_name, entry))
+            bucket.append(entry)
 
     def sweep(self):
         """
@@ -137,13 +141,15 @@ class MemoryStore(Service):
             slots = sorted(s for s in self._wheel if s <= due)
         else:
             slots = range(first, due + 1)
+        self._next_slot = due + 1
         for slot in slots:
             bucket = self._wheel.pop(slot, None)
             if not bucket:
                 continue
-            for namespace_name, entry in bucket:
+            for entry in bucket:
                 if entry.slot != slot:
                     continue
+                namespace_name = entry.namespace
                 namespace = self._namespaces.get(namespace_name)
                 if namespace is None:
                     continue
@@ -155,8 +161,7 @@ class MemoryStore(Service):
                     expired += 1
                     changed.add(namespace_name)
                 else:
-                    self._file(entry, namespace_name)
-        self._next_slot = due + 1
+                    self._file(entry)
         for name in changed:
             self._bump(self._namespaces[name])
         if expired:
@@ -223,17 +228,17 @@ class MemoryStore(Service):
             if old.same_as(registration):
                 # Nothing a reader sees has changed: this is a heartbeat.
                 if entry.slot is None:
-                    self._file(entry, namespace_name)
+                    self._file(entry)
                 return succeed(instance)
             slot = self._slot_of(instance)
             if slot is None:
                 entry.slot = None
             elif entry.slot is None or slot < entry.slot:
-                self._file(entry, namespace_name)
+                self._file(entry)
             namespace.by_service[registration.service_name][instance_id] = entry
         else:
-            entry = _Entry(instance, None)
-            self._file(entry, namespace_name)
+            entry = _Entry(instance, None, namespace_name)
+            self._file(entry)
             namespace.by_id[instance_id] = entry
             service = namespace.by_service.get(registration.service_name)
             if service is None:
