@@ -3,6 +3,7 @@
 #   make setup   .venv + pip install -e '.[dev]' + the Debian packages the tests need
 #   make test    setup, then the whole Trial suite
 #   make bench   setup, then every benchmark in bench/ (each prints a table)
+#   make demo    setup, then the demo (ARGS=--keep leaves it running)
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ TEST_DEBS :=
 BENCH_DEBS := wrk
 TRIAL_ARGS ?= tests
 
-.PHONY: setup test bench debs bench-debs clean
+.PHONY: setup test bench demo debs bench-debs clean
 
 setup: $(VENV)/.installed debs
 
@@ -38,6 +39,9 @@ bench: setup bench-debs
 	  [ -x "$$script" ] || continue; \
 	  echo "== $$script"; $(PY) $$script || exit 1; \
 	done
+
+demo: setup
+	$(PY) scripts/demo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info _trial_temp* twisted/plugins/dropin.cache
