@@ -95,10 +95,18 @@ class Authenticator:
         @return: the namespace (text).
         @raise Unauthorized: when no mode accepts the token.
         """
+        return self.identify(authorization)[0]
+
+    def identify(self, authorization):
+        """
+        Like L{namespace}, and say which mode accepted the token.
+
+        @return: C{(namespace, mode)}.
+        """
         token = bearer_token(authorization)
         for mode in self.modes:
             try:
-                return getattr(self, "_" + mode)(token)
+                return getattr(self, "_" + mode)(token), mode
             except _Pass:
                 continue
         if token is None:

@@ -6,7 +6,9 @@ Domain exceptions. Each API maps them to HTTP answers in one place.
 __all__ = [
     "A8Error",
     "InvalidRequest",
+    "InvalidJSON",
     "Unauthorized",
+    "BadNamespaceHeader",
     "Forbidden",
     "QuotaExceeded",
     "NotFound",
@@ -15,6 +17,9 @@ __all__ = [
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "NotAcceptableHere",
+    "Conflict",
+    "StoreCorrupt",
+    "StoreUnavailable",
 ]
 
 
@@ -41,11 +46,24 @@ class InvalidRequest(A8Error):
     error_id = "error_bad_request"
 
 
+class InvalidJSON(InvalidRequest):
+    """The body is not JSON."""
+
+    error_id = "error_invalid_json"
+
+
 class Unauthorized(A8Error):
     """No acceptable credentials."""
 
     status = 401
     error_id = "error_unauthorized"
+
+
+class BadNamespaceHeader(A8Error):
+    """An admin request without the A8-Namespace header it needs."""
+
+    status = 400
+    error_id = "error_missing_namespace"
 
 
 class Forbidden(A8Error):
@@ -100,3 +118,21 @@ class NotAcceptableHere(A8Error):
 
     status = 405
     error_id = "error_method_not_allowed"
+
+
+class Conflict(A8Error):
+    """The state changed under the request (a stale revision, an id that exists)."""
+
+    status = 409
+    error_id = "error_conflict"
+
+
+class StoreCorrupt(Exception):
+    """A store's data cannot be read; the server must not start on it."""
+
+
+class StoreUnavailable(A8Error):
+    """The store could not make a change durable; nothing changed."""
+
+    status = 503
+    error_id = "error_store_unavailable"

@@ -76,3 +76,40 @@ class IRegistryStore(Interface):
         @return: a dict with C{"instances"} (namespace -> count), and the totals
             C{"registrations"}, C{"heartbeats"}, C{"deregistrations"}, C{"expirations"}.
         """
+
+
+class IRuleStore(Interface):
+    """
+    Where the controller keeps each namespace's rules, and their revision.
+
+    A namespace's rules change only as a whole: C{put} replaces the full list when the
+    caller's revision is still the current one, and the revision grows by one. Rules are kept
+    exactly as written (JSON objects with an C{id}). Implementations are C{IService}s.
+    """
+
+    def get(namespace):
+        """
+        @return: a Deferred that fires with the namespace's L{amalgam8.controller.model.RuleSet}
+            (revision 0 and no rules for a namespace never written).
+        """
+
+    def put(namespace, revision, rules):
+        """
+        Replace the namespace's rules.
+
+        @param revision: the revision the new rules were computed from.
+        @param rules: the full new list of rules (dicts), each with a unique C{id}.
+        @return: a Deferred that fires with the new L{RuleSet} (revision + 1) once the change
+            is durable, or fails with L{amalgam8.errors.Conflict} when the revision moved on.
+        """
+
+    def wait_for_change(namespace, revision):
+        """
+        @return: a Deferred that fires with the new revision once it is greater than
+            C{revision} (at once when it already is). Cancelling it forgets the waiter.
+        """
+
+    def namespaces():
+        """
+        @return: the names of the namespaces that have rules (synchronously).
+        """

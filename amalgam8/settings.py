@@ -170,3 +170,31 @@ class SettingsOptions(usage.Options):
 
     def check(self):
         """Cross-setting checks of a subclass; raise L{usage.UsageError}."""
+
+
+def _text(text):
+    return text
+
+
+def common_settings():
+    """The settings every amalgam8 server takes (SPEC Part C)."""
+    from amalgam8.auth import parse_modes
+    from amalgam8.logs import parse_level
+
+    return (
+        Setting("auth-mode", "A8_AUTH_MODE", parse_modes, ("default",),
+                "Auth modes, chained in order: default, trusted, jwt [default: default]."),
+        Setting("jwt-secret", "A8_JWT_SECRET", _text, None, "HS256 secret for jwt mode."),
+        Setting("require-https", "A8_REQUIRE_HTTPS", parse_bool, False,
+                "Redirect plain HTTP to HTTPS [default: false]."),
+        Setting("log-level", "A8_LOG_LEVEL", parse_level, parse_level("info"),
+                "debug, info, warn or error [default: info]."),
+        Setting("metrics-token", "A8_METRICS_TOKEN", _text, None,
+                "Bearer token that GET /metrics requires [default: none required]."),
+    )
+
+
+def check_common(options):
+    """Cross-checks of the common settings."""
+    if "jwt" in options["auth-mode"] and not options["jwt-secret"]:
+        raise usage.UsageError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET)")

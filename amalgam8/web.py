@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from amalgam8.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
     "MAX_BODY",
@@ -63,7 +63,7 @@ def json_body(request, limit=MAX_BODY):
     try:
         return _decoder.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidRequest("the body is not valid JSON")
+        raise InvalidJSON("the body is not valid JSON")
 
 
 def query(request, allowed):
@@ -157,12 +157,14 @@ class Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner, metrics, require_https=False, clock=time.perf_counter):
+    def __init__(self, inner, metrics, require_https=False, clock=time.perf_counter,
+                 error_body=None):
         Resource.__init__(self)
         self.inner = inner
         self.metrics = metrics
         self.require_https = require_https
         self._now = clock
+        self.error_body = error_body or registry_error
 
     def render(self, request):
         started = self._now()
@@ -170,7 +172,7 @@ class Front(Resource):
         self.request_id(request)
         request.notifyFinish().addBoth(self._finished, request, started)
         if self.require_https and not _secure(request):
-            return _redirect(request)
+            return _redirect(request, self.error_body)
         return self.inner.render(request)
 
     @staticmethod
@@ -194,13 +196,24 @@ def _secure(request):
     return bool(proto) and proto[0].strip().lower() == b"https"
 
 
-def _redirect(request):
+def _redirect(request, error_body):
     host = request.getHeader(b"host") or b"localhost"
     request.setResponseCode(301)
     request.setHeader(b"location", b"https://" + host + request.uri)
     request.setHeader(b"content-type", b"application/json")
     request.route = "https_redirect"
-    return b'{"Error":"this server requires HTTPS"}'
+    return error_body("error_https_required", "this server requires HTTPS")
+
+
+def registry_error(error_id, message):
+    """The registry's error body, as Amalgam8 0.4 wrote it: C{{"Error": message}}."""
+    return json.dumps({"Error": message}, separators=(",", ":")).encode("utf-8")
+
+
+def controller_error(error_id, message):
+    """The controller's error body: C{{"error": id, "description": message}}."""
+    return json.dumps({"error": error_id, "description": message},
+                      separators=(",", ":")).encode("utf-8")
 
 
 class A8Site(Site):

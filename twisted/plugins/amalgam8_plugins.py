@@ -3,3 +3,7 @@ from twisted.application.service import ServiceMaker
 a8registry = ServiceMaker(
     "amalgam8 registry", "amalgam8.registry.tap", "The amalgam8 service registry.", "a8registry"
 )
+a8controller = ServiceMaker(
+    "amalgam8 controller", "amalgam8.controller.tap", "The amalgam8 rule controller.",
+    "a8controller"
+)
