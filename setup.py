@@ -12,6 +12,7 @@ setup(
     packages=find_packages(include=["amalgam8", "amalgam8.*"]) + ["twisted.plugins"],
     package_data={
         "amalgam8.registry": ["openapi.json"],
+        "amalgam8.schemas": ["*.json"],
         "twisted.plugins": ["amalgam8_plugins.py"],
     },
     include_package_data=True,
@@ -26,6 +27,8 @@ setup(
         "PyJWT>=2.8.0",
         # The Prometheus text format and histograms for GET /metrics.
         "prometheus-client>=0.20.0",
+        # Rules are validated against a JSON Schema (draft 2020-12) kept in the package.
+        "jsonschema>=4.18",
     ],
     extras_require={
         "dev": [
