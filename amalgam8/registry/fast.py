@@ -51,12 +51,13 @@ class RegistryFront(Front):
         request.route = "heartbeat"
         self.request_id(request)
         try:
-            instance_id = raw_id.decode("ascii")
             namespace = self.authenticator.namespace(request.getHeader(b"authorization"))
-        except UnicodeDecodeError:
-            return self._answer(request, started, 410, b'{"Error":"no such instance"}')
         except A8Error as error:
             return self._failed(request, started, error)
+        try:
+            instance_id = raw_id.decode("ascii")
+        except UnicodeDecodeError:
+            return self._answer(request, started, 410, b'{"Error":"no such instance"}')
         result = self.store.heartbeat(namespace, instance_id)
         result.addCallbacks(self._renewed, self._not_renewed,
                             callbackArgs=(request, started), errbackArgs=(request, started))

@@ -204,9 +204,10 @@ def parse_registration(body, grant_ttl):
         raise InvalidRequest("endpoint is required")
     if not isinstance(endpoint, dict):
         raise InvalidRequest("endpoint must be an object with type and value")
-    endpoint_type = _text(endpoint, "type", 16)
-    if endpoint_type is None:
-        raise InvalidRequest("endpoint.type is required")
+    try:
+        endpoint_type = _text(endpoint, "type", 16)
+    except InvalidRequest as e:
+        raise InvalidRequest("endpoint." + e.message)
     endpoint_type = endpoint_type.lower()
     if endpoint_type not in ENDPOINT_TYPES:
         raise InvalidRequest(
@@ -222,7 +223,10 @@ def parse_registration(body, grant_ttl):
         ttl = 0
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise InvalidRequest("ttl must be a number of seconds")
-    if not math.isfinite(ttl) or ttl < 0:
+    # A JSON integer may be too large for a float (math.isfinite would overflow).
+    if isinstance(ttl, float) and not math.isfinite(ttl):
+        raise InvalidRequest("ttl must be a finite number of seconds")
+    if ttl < 0:
         raise InvalidRequest("ttl must not be negative")
     if ttl != int(ttl):
         raise InvalidRequest("ttl must be a whole number of seconds")
