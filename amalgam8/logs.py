@@ -3,7 +3,7 @@
 Structured logs: every event is a C{twisted.logger} event whose data are its keys; in
 production each is written as one flat JSON object a line::
 
-    {"time": "2026-11-27T23:35:39.334Z", "level": "info", "namespace": "amalgam8.registry",
+    {"time": "2026-11-27T23:35:39.334Z", "level": "info", "logger": "amalgam8.registry",
      "message": "a8registry listening on 127.0.0.1:8080", "host": "127.0.0.1", "port": 8080}
 
 With twistd: C{twistd -n --logger amalgam8.logs.json_observer a8registry}. The level comes
@@ -22,7 +22,7 @@ from twisted.logger import (
     formatEvent,
 )
 
-__all__ = ["LEVELS", "parse_level", "json_observer", "event_as_json"]
+__all__ = ["LEVELS", "parse_level", "configure", "json_observer", "event_as_json"]
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -58,13 +58,13 @@ def _plain(value):
 
 
 def event_as_json(event):
-    """One event as a line of JSON text: time, level, namespace, message, then its keys."""
+    """One event as a line of JSON text: time, level, logger, message, then its keys."""
     level = event.get("log_level")
     record = {
         "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc)
         .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": getattr(level, "name", "info"),
-        "namespace": event.get("log_namespace", "-"),
+        "logger": event.get("log_namespace", "-"),
         "message": formatEvent(event),
     }
     failure = event.get("log_failure")
@@ -79,11 +79,22 @@ def event_as_json(event):
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
+_configured = []
+
+
+def configure(level):
+    """Set the level L{json_observer} uses by default (a server's C{--log-level})."""
+    _configured[:] = [level]
+
+
 def json_observer(stream=None, level=None):
     """
     An observer writing one JSON object a line to C{stream} (standard output by default),
-    dropping events below C{level} (default: C{A8_LOG_LEVEL}, else info).
+    dropping events below C{level} (default: the server's C{--log-level}, else
+    C{A8_LOG_LEVEL}, else info).
     """
+    if level is None and _configured:
+        level = _configured[0]
     if level is None:
         try:
             level = parse_level(os.environ.get("A8_LOG_LEVEL", "info"))

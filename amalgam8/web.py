@@ -87,6 +87,23 @@ def query(request, allowed):
     return result
 
 
+def check_token(request, expected, what="this endpoint"):
+    """
+    Require C{Authorization: Bearer <expected>} (compared in constant time).
+
+    @raise Unauthorized: otherwise.
+    """
+    import hmac
+
+    from amalgam8.auth import bearer_token
+    from amalgam8.errors import Unauthorized
+
+    token = bearer_token(request.getHeader(b"authorization"))
+    if token is None or not hmac.compare_digest(token.encode("utf-8"),
+                                                expected.encode("utf-8")):
+        raise Unauthorized("{} needs its token".format(what))
+
+
 def route_name(name):
     """
     Name a Klein handler's route for metrics (decorate below C{@app.route}).

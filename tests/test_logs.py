@@ -48,13 +48,13 @@ class JSONObserverTests(LogsTestCase):
     """L{json_observer} writes one JSON object a line."""
 
     def test_fields(self):
-        """A record has time, level, namespace, message and the event's keys."""
+        """A record has time, level, logger, message and the event's keys."""
         self.emit(self.observer(), who="world", port=8080)
         [record] = self.records()
         self.assertEqual(record, {
             "time": "2027-01-15T08:00:00.250Z",
             "level": "info",
-            "namespace": "amalgam8.test",
+            "logger": "amalgam8.test",
             "message": "hello world",
             "who": "world",
             "port": 8080,
@@ -65,7 +65,7 @@ class JSONObserverTests(LogsTestCase):
         self.logger().warn("listening on {host}:{port}", host="127.0.0.1", port=8080)
         [record] = self.records()
         self.assertEqual(record["level"], "warn")
-        self.assertEqual(record["namespace"], "amalgam8.test")
+        self.assertEqual(record["logger"], "amalgam8.test")
         self.assertEqual(record["message"], "listening on 127.0.0.1:8080")
         self.assertEqual((record["host"], record["port"]), ("127.0.0.1", 8080))
         self.assertNotIn("log_format", record)
@@ -89,14 +89,21 @@ class JSONObserverTests(LogsTestCase):
         self.assertEqual([key for key in record if key.startswith("log_")], [])
 
     def test_reserved_keys_kept(self):
-        """An event key named time, level, namespace or message does not overwrite the
+        """An event key named time, level, logger or message does not overwrite the
         record's own."""
         self.emit(self.observer(), log_format="m", time="then", level="loud",
-                  namespace="other", message="other")
+                  logger="other", message="other")
         [record] = self.records()
-        self.assertEqual((record["time"], record["level"], record["namespace"],
+        self.assertEqual((record["time"], record["level"], record["logger"],
                           record["message"]),
                          ("2027-01-15T08:00:00.250Z", "info", "amalgam8.test", "m"))
+
+    def test_tenant_namespace_kept(self):
+        """An event's own namespace key (a tenant) is kept beside the logger's name."""
+        self.emit(self.observer(), log_format="m", namespace="team-a")
+        [record] = self.records()
+        self.assertEqual((record["logger"], record["namespace"]),
+                         ("amalgam8.test", "team-a"))
 
     def test_values_made_json(self):
         """Bytes, tuples, dicts and other objects become JSON values."""
@@ -120,7 +127,7 @@ class JSONObserverTests(LogsTestCase):
         self.emit(self.observer(), log_format="{missing}")
         [record] = self.records()
         self.assertIsInstance(record["message"], str)
-        self.assertEqual(record["namespace"], "amalgam8.test")
+        self.assertEqual(record["logger"], "amalgam8.test")
 
     def test_failure(self):
         """A logged failure gives the error message and the traceback."""

@@ -28,7 +28,15 @@ from amalgam8.errors import (
     Unauthorized,
 )
 from amalgam8.rules import SCHEMA_BYTES, InvalidRule, kind_of, validate_rules
-from amalgam8.web import Front, Metrics, controller_error, json_body, query, route_name
+from amalgam8.web import (
+    Front,
+    Metrics,
+    check_token,
+    controller_error,
+    json_body,
+    query,
+    route_name,
+)
 
 __all__ = ["ControllerAPI"]
 
@@ -151,9 +159,7 @@ class ControllerAPI:
     @route_name("metrics")
     async def metrics(self, request):
         if self._metrics_token is not None:
-            header = request.getHeader(b"authorization") or b""
-            if header.partition(b" ")[2].strip() != self._metrics_token.encode("utf-8"):
-                raise Unauthorized("metrics need the metrics token")
+            check_token(request, self._metrics_token, "GET /metrics")
         request.setHeader(b"content-type", self._metrics.content_type)
         return self._metrics.render()
 

@@ -13,6 +13,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from amalgam8.logs import configure as configure_logs
 from amalgam8.auth import Authenticator
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
@@ -99,6 +100,7 @@ def makeService(options, reactor=None):
     """Build the controller: the rule store and one listener per C{--listen}."""
     if reactor is None:
         from twisted.internet import reactor
+    configure_logs(options["log-level"])
     top = ControllerService()
     store = options.get("rule-store") or MemoryStore()
     store.setServiceParent(top)

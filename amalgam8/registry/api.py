@@ -18,7 +18,7 @@ from amalgam8.errors import A8Error, InvalidRequest, NotFound, Unauthorized
 from amalgam8.durations import parse_duration
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
-from amalgam8.web import Metrics, json_body, query, route_name
+from amalgam8.web import Metrics, check_token, json_body, query, route_name
 
 __all__ = ["RegistryAPI", "TTLPolicy"]
 
@@ -127,9 +127,7 @@ class RegistryAPI:
     @route_name("metrics")
     async def metrics(self, request):
         if self._metrics_token is not None:
-            header = request.getHeader(b"authorization") or b""
-            if header.partition(b" ")[2].strip() != self._metrics_token.encode("utf-8"):
-                raise Unauthorized("metrics need the metrics token")
+            check_token(request, self._metrics_token, "GET /metrics")
         request.setHeader(b"content-type", self._metrics.content_type)
         return self._metrics.render()
 

@@ -208,7 +208,7 @@ def parse_registration(body, grant_ttl):
         endpoint_type = _text(endpoint, "type", 16)
     except InvalidRequest as e:
         raise InvalidRequest("endpoint." + e.message)
-    endpoint_type = endpoint_type.lower()
+    endpoint_type = endpoint_type.lower() if endpoint_type.isascii() else endpoint_type
     if endpoint_type not in ENDPOINT_TYPES:
         raise InvalidRequest(
             "endpoint.type must be one of {}".format(", ".join(ENDPOINT_TYPES))
@@ -234,8 +234,8 @@ def parse_registration(body, grant_ttl):
     status = body.get("status", "UP")
     if status is None:
         status = "UP"
-    if not isinstance(status, str):
-        raise InvalidRequest("status must be a string")
+    if not isinstance(status, str) or not status.isascii():
+        raise InvalidRequest("status must be one of {}".format(", ".join(STATUSES)))
     status = status.upper()
     if status not in STATUSES:
         raise InvalidRequest("status must be one of {}".format(", ".join(STATUSES)))

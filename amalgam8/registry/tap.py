@@ -12,6 +12,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from amalgam8.logs import configure as configure_logs
 from amalgam8.auth import Authenticator, parse_modes
 from amalgam8.logs import parse_level
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
@@ -128,6 +129,7 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
+    configure_logs(options["log-level"])
     top = RegistryService()
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
     store.setServiceParent(top)

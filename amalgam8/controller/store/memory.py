@@ -27,9 +27,11 @@ class MemoryStore(Service):
     def stopService(self):
         Service.stopService(self)
         waiting, self._waiters = self._waiters, {}
-        for waiters in waiting.values():
+        for namespace, waiters in waiting.items():
+            current = self._sets.get(namespace)
             for waiter in list(waiters):
-                waiter.cancel()
+                # Blocking readers get the current rules now rather than a dropped line.
+                waiter.callback(current.revision if current else 0)
 
     def get(self, namespace):
         return succeed(self._sets.get(namespace) or RuleSet())
@@ -63,6 +65,8 @@ class MemoryStore(Service):
 
         def forget(waiter):
             waiters.discard(waiter)
+            if not waiters and self._waiters.get(namespace) is waiters:
+                del self._waiters[namespace]
 
         waiter = Deferred(forget)
         waiters.add(waiter)

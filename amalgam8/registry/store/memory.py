@@ -89,7 +89,8 @@ class MemoryStore(Service):
         for namespace in self._namespaces.values():
             waiters, namespace.waiters = namespace.waiters, set()
             for waiter in waiters:
-                waiter.cancel()
+                # Blocking readers get the current state now rather than a dropped line.
+                waiter.callback(namespace.index)
 
     def _schedule(self):
         self._sweeper = self.clock.callLater(self.granularity, self._tick)
@@ -303,10 +304,17 @@ class MemoryStore(Service):
 
         def forget(waiter):
             namespace.waiters.discard(waiter)
+            self._drop_if_unused(namespace_name, namespace)
 
         waiter = Deferred(forget)
         namespace.waiters.add(waiter)
         return waiter
+
+    def _drop_if_unused(self, name, namespace):
+        """Forget a namespace that never held an instance once nobody waits on it."""
+        if namespace.index == 0 and not namespace.waiters and not namespace.by_id:
+            if self._namespaces.get(name) is namespace:
+                del self._namespaces[name]
 
     def stats(self):
         result = dict(self._counts)

@@ -1,0 +1,178 @@
+"""
+What the test modules of the servers share: answers read whole, JWTs, Prometheus samples,
+strategies of arbitrary JSON, and a protocol for the real twistd processes.
+"""
+
+import json
+import os
+import sys
+
+import attrs
+import jwt
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import ProcessProtocol
+
+import amalgam8
+
+__all__ = [
+    "Answer",
+    "make_jwt",
+    "metric_samples",
+    "sample_value",
+    "json_values",
+    "twistd_command",
+    "child_environment",
+    "ServerProcess",
+]
+
+
+@attrs.frozen
+class Answer:
+    """A response and its whole body."""
+
+    code: int
+    headers: object
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def header(self, name):
+        values = self.headers.getRawHeaders(name)
+        return values[0].decode("latin-1") if values else None
+
+
+def make_jwt(claims, secret, algorithm="HS256"):
+    """An encoded JWT of C{claims}."""
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def metric_samples(text):
+    """All samples of a Prometheus text exposition, as (name, labels, value)."""
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def sample_value(text, name, **labels):
+    """The value of the sample C{name} with exactly C{labels}, or L{None}."""
+    values = [value for sample_name, sample_labels, value in metric_samples(text)
+              if sample_name == name and sample_labels == labels]
+    return values[0] if values else None
+
+
+_json_leaves = (st.none() | st.booleans() | st.integers() | st.floats()
+                | st.text(max_size=20))
+json_values = st.recursive(
+    _json_leaves,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def twistd_command():
+    """The argv that runs twistd under the interpreter running these tests."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(twistd, os.X_OK):
+        return [twistd]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def child_environment(extra):
+    """Our environment without any A8_* setting, with the repository importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("A8_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(amalgam8.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+class ServerProcess(ProcessProtocol):
+    """
+    Collects a server child's stdout and stderr as lines, parses stdout lines as JSON where
+    it can, and tells waiters when the server listens (the JSON event whose message starts
+    with C{listening}, carrying C{host} and C{port}) and when the process ends.
+
+    @ivar exit: L{None} while running, then C{(exit code, signal)}.
+    """
+
+    def __init__(self, reactor, listening):
+        self.reactor = reactor
+        self.listening_prefix = listening
+        self.stdout = []
+        self.stderr = []
+        self.events = []
+        self.address = None
+        self.exit = None
+        self._partial = {1: b"", 2: b""}
+        self._listen_waiters = []
+        self._exit_waiters = []
+
+    def childDataReceived(self, fd, data):
+        if fd not in self._partial:
+            return
+        lines = (self._partial[fd] + data).split(b"\n")
+        self._partial[fd] = lines.pop()
+        for line in lines:
+            self._line(fd, line.decode("utf-8", "replace"))
+
+    def _line(self, fd, line):
+        if fd == 2:
+            self.stderr.append(line)
+            return
+        self.stdout.append(line)
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        self.events.append(event)
+        message = event.get("message")
+        if (self.address is None and isinstance(message, str)
+                and message.startswith(self.listening_prefix)):
+            self.address = (event["host"], event["port"])
+            waiters, self._listen_waiters = self._listen_waiters, []
+            for waiter in waiters:
+                waiter.callback(self.address)
+
+    def processEnded(self, reason):
+        for fd in (1, 2):
+            if self._partial[fd]:
+                self._line(fd, self._partial[fd].decode("utf-8", "replace"))
+                self._partial[fd] = b""
+        self.exit = (getattr(reason.value, "exitCode", None),
+                     getattr(reason.value, "signal", None))
+        waiters, self._listen_waiters = self._listen_waiters, []
+        for waiter in waiters:
+            waiter.errback(RuntimeError(
+                "the server exited {} before listening; stderr: {!r}; stdout: {!r}"
+                .format(self.exit, self.stderr, self.stdout[-5:])))
+        waiters, self._exit_waiters = self._exit_waiters, []
+        for waiter in waiters:
+            waiter.callback(self.exit)
+
+    def listening(self, timeout=10):
+        """A Deferred firing with C{(host, port)} once the server listens."""
+        if self.address is not None:
+            return succeed(self.address)
+        d = Deferred()
+        if self.exit is not None:
+            d.errback(RuntimeError("the server exited {}; stderr: {!r}"
+                                   .format(self.exit, self.stderr)))
+            return d
+        self._listen_waiters.append(d)
+        return d.addTimeout(timeout, self.reactor)
+
+    def ended(self, timeout=10):
+        """A Deferred firing with C{(exit code, signal)} once the process has ended."""
+        if self.exit is not None:
+            return succeed(self.exit)
+        d = Deferred()
+        self._exit_waiters.append(d)
+        return d.addTimeout(timeout, self.reactor)
