@@ -1,0 +1,272 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy's configuration: a complete nginx.conf for the nginx + Lua data plane in
+C{lua/amalgam8}, written into a runtime directory, and where to find nginx, its Lua module
+and the Lua code on this machine.
+
+Start it with C{nginx -p RUNTIME -c nginx.conf}. Every path nginx writes (pid, logs, temp
+files) is inside the runtime directory, so several proxies run side by side.
+"""
+
+import os
+import shutil
+import subprocess
+
+import attrs
+
+__all__ = ["ProxyConfig", "find_nginx", "lua_root", "render", "write"]
+
+_MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules",
+                "/usr/local/lib/nginx/modules")
+_MODULES = ("ndk_http_module.so", "ngx_http_lua_module.so")
+_LUA_PATHS = ("/usr/share/lua/5.1/?.lua", "/usr/local/share/lua/5.1/?.lua")
+_LUA_CPATHS = ("/usr/lib/x86_64-linux-gnu/lua/5.1/?.so", "/usr/lib/aarch64-linux-gnu/lua/5.1/?.so",
+               "/usr/local/lib/lua/5.1/?.so")
+
+
+class ProxyUnavailable(Exception):
+    """nginx or its Lua module is not installed."""
+
+
+def find_nginx(binary=None):
+    """
+    Find the nginx binary and the modules it must load.
+
+    @return: C{(path, [absolute module paths])}; no modules for OpenResty, whose nginx has
+        Lua built in.
+    @raise ProxyUnavailable: naming what is missing.
+    """
+    candidates = [binary] if binary else ["openresty", "nginx", "/usr/sbin/nginx"]
+    path = None
+    for candidate in candidates:
+        path = shutil.which(candidate) or (candidate if os.path.isfile(candidate) else None)
+        if path:
+            break
+    if not path:
+        raise ProxyUnavailable("nginx is not installed (Debian: apt-get install nginx-core "
+                               "libnginx-mod-http-lua lua-resty-core lua-cjson)")
+    if "openresty" in os.path.basename(path):
+        return path, []
+    try:
+        version = subprocess.run([path, "-V"], capture_output=True, text=True,
+                                 timeout=10).stderr
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ProxyUnavailable("cannot run {}: {}".format(path, e))
+    if "openresty" in version.lower() or "--add-module=../ngx_lua" in version:
+        return path, []
+    directories = list(_MODULE_DIRS)
+    for part in version.split():
+        if part.startswith("--modules-path="):
+            directories.insert(0, part.split("=", 1)[1])
+    for directory in directories:
+        modules = [os.path.join(directory, name) for name in _MODULES]
+        if all(os.path.exists(m) for m in modules):
+            return path, modules
+    raise ProxyUnavailable("nginx's Lua module is not installed (Debian: apt-get install "
+                           "libnginx-mod-http-lua)")
+
+
+def lua_root():
+    """The directory holding C{amalgam8/*.lua}: C{A8_LUA_PATH}, else the source tree's."""
+    given = os.environ.get("A8_LUA_PATH")
+    if given:
+        return os.path.abspath(given)
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, "..", "..", "lua"))
+
+
+def _lua_string(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _listen(address, port):
+    if ":" in address and not address.startswith("["):
+        address = "[{}]".format(address)
+    return "{}:{}".format(address, port)
+
+
+@attrs.frozen
+class ProxyConfig:
+    """
+    @ivar runtime_dir: where nginx.conf, the pid, logs and temp files go.
+    @ivar service_name: this sidecar's service (the source of its requests), or "".
+    @ivar service_tags: and its tags.
+    """
+
+    runtime_dir: str
+    port: int = 6379
+    address: str = "0.0.0.0"
+    admin_port: int = 5813
+    workers: int = 1
+    service_name: str = ""
+    service_tags: tuple = ()
+    access_log: str = None
+    error_level: str = "warn"
+    keepalive: int = 256
+    state_memory: str = "64m"
+    consecutive_errors: int = 5
+    ejection_time: float = 30.0
+
+    @property
+    def access_log_path(self):
+        return self.access_log or os.path.join(self.runtime_dir, "access.log")
+
+    @property
+    def conf_path(self):
+        return os.path.join(self.runtime_dir, "nginx.conf")
+
+    @property
+    def pid_path(self):
+        return os.path.join(self.runtime_dir, "nginx.pid")
+
+    @property
+    def error_log_path(self):
+        return os.path.join(self.runtime_dir, "error.log")
+
+
+def render(config, modules, lua_dir=None):
+    """
+    The text of nginx.conf for C{config}.
+
+    @param modules: absolute paths of the dynamic modules to load (none for OpenResty).
+    """
+    lua_dir = lua_dir or lua_root()
+    rt = config.runtime_dir
+    tags = ", ".join(_lua_string(t) for t in config.service_tags)
+    package_path = ";".join([os.path.join(lua_dir, "?.lua")] + list(_LUA_PATHS)) + ";;"
+    package_cpath = ";".join(_LUA_CPATHS) + ";;"
+    lines = ["load_module {};".format(m) for m in modules]
+    lines.append("""
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {pid};
+error_log {error_log} {error_level};
+
+events {{
+    worker_connections 16384;
+}}
+
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {rt}/tmp/body;
+    proxy_temp_path {rt}/tmp/proxy;
+    fastcgi_temp_path {rt}/tmp/fastcgi;
+    uwsgi_temp_path {rt}/tmp/uwsgi;
+    scgi_temp_path {rt}/tmp/scgi;
+
+    lua_package_path {package_path};
+    lua_package_cpath {package_cpath};
+    lua_shared_dict a8_state {state_memory};
+    lua_shared_dict a8_health 16m;
+    log_format a8 escape=none '$a8_log';
+
+    init_by_lua_block {{
+        require "resty.core"
+        require("amalgam8.config").set({{
+            source_name = {name},
+            source_tags = {{{tags}}},
+            default_consecutive_errors = {consecutive_errors},
+            default_ejection_time = {ejection_time},
+        }})
+        require "amalgam8.state"
+        require "amalgam8.router"
+        require "amalgam8.balancer"
+        require "amalgam8.log"
+        require "amalgam8.admin"
+    }}
+    init_worker_by_lua_block {{
+        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+    }}
+
+    upstream a8_upstream {{
+        server 0.0.0.1;
+        balancer_by_lua_block {{
+            require("amalgam8.balancer").balance()
+        }}
+        keepalive {keepalive};
+        keepalive_requests 100000;
+        keepalive_timeout 60s;
+    }}
+
+    server {{
+        listen {proxy_listen} backlog=4096;
+        set $a8_log "";
+        set $a8_dst "";
+        set $a8_dst_name "";
+        set $a8_path "/";
+        set $a8_request_id "";
+        access_log {access_log} a8 buffer=64k flush=1s;
+
+        location / {{
+            rewrite_by_lua_block {{
+                require("amalgam8.router").route()
+            }}
+            header_filter_by_lua_block {{
+                require("amalgam8.router").header_filter()
+            }}
+            log_by_lua_block {{
+                require("amalgam8.log").log()
+            }}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Request-ID $a8_request_id;
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries 11;
+            proxy_connect_timeout 5s;
+            proxy_pass http://a8_upstream$a8_path$is_args$args;
+        }}
+    }}
+
+    server {{
+        listen {admin_listen};
+        client_max_body_size 64m;
+        client_body_buffer_size 16m;
+        location = /a8-admin {{
+            content_by_lua_block {{
+                require("amalgam8.admin").handle()
+            }}
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+}}
+""".format(
+        workers=config.workers,
+        pid=config.pid_path,
+        error_log=config.error_log_path,
+        error_level=config.error_level,
+        rt=rt,
+        package_path=_lua_string(package_path),
+        package_cpath=_lua_string(package_cpath),
+        state_memory=config.state_memory,
+        name=_lua_string(config.service_name),
+        tags=tags,
+        consecutive_errors=int(config.consecutive_errors),
+        ejection_time=float(config.ejection_time),
+        keepalive=config.keepalive,
+        proxy_listen=_listen(config.address, config.port),
+        access_log=config.access_log_path,
+        admin_listen=_listen("127.0.0.1", config.admin_port),
+    ))
+    return "\n".join(lines)
+
+
+def write(config, modules, lua_dir=None):
+    """Create the runtime directory and write nginx.conf; return its path."""
+    for sub in ("", "tmp", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        os.makedirs(os.path.join(config.runtime_dir, sub), exist_ok=True)
+    text = render(config, modules, lua_dir)
+    temporary = config.conf_path + ".new"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, config.conf_path)
+    return config.conf_path
+
+
+def command(config, binary):
+    """The argv that starts this proxy in the foreground."""
+    return [binary, "-p", config.runtime_dir, "-c", config.conf_path]

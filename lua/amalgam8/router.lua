@@ -1,0 +1,219 @@
+-- Per request (rewrite phase): the destination from the first path segment, the route
+-- rule and backend, the action rule and its faults. Everything it reads was compiled once
+-- per state version by amalgam8.state.
+local state = require "amalgam8.state"
+local config = require "amalgam8.config"
+local balancer = require "amalgam8.balancer"
+
+local ngx = ngx
+local var = ngx.var
+local re_find = ngx.re.find
+local random = math.random
+local sub, find = string.sub, string.find
+local ipairs = ipairs
+
+local _M = {}
+
+local function headers_match(headers)
+    if not headers then return true end
+    for i = 1, #headers do
+        local h = headers[i]
+        local value = var[h.var]
+        if value == nil or not re_find(value, h.pattern, "jo") then return false end
+    end
+    return true
+end
+
+local function condition_matches(c)
+    if c.source_ok == false then return false end
+    return headers_match(c.headers)
+end
+
+local function rule_matches(m)
+    if not headers_match(m.headers) then return false end
+    if m.all then
+        for _, c in ipairs(m.all) do
+            if not condition_matches(c) then return false end
+        end
+    end
+    if m.any then
+        local any = false
+        for _, c in ipairs(m.any) do
+            if condition_matches(c) then any = true; break end
+        end
+        if not any then return false end
+    end
+    if m.none then
+        for _, c in ipairs(m.none) do
+            if condition_matches(c) then return false end
+        end
+    end
+    return true
+end
+
+local function pick_backend(backends)
+    local n = #backends
+    if n == 1 then return backends[1] end
+    local sticky = var.cookie_version
+    if sticky then
+        for i = 1, n do
+            if backends[i].label == sticky then return backends[i] end
+        end
+    end
+    local r = random()
+    for i = 1, n do
+        if r < backends[i].upto then return backends[i] end
+    end
+    return backends[n]
+end
+
+local function carries(backend_tags, wanted)
+    if not wanted then return true end
+    for _, t in ipairs(wanted) do
+        local found = false
+        for _, have in ipairs(backend_tags) do
+            if have == t then found = true; break end
+        end
+        if not found then return false end
+    end
+    return true
+end
+
+local function delay_of(a)
+    local d = a.duration
+    local dist = a.distribution
+    if dist == nil or dist == "fixed" then return d end
+    if dist == "uniform" then
+        if a.stddev then
+            local half = a.stddev * 1.7320508
+            return math.max(0, d - half + random() * 2 * half)
+        end
+        return random() * 2 * d
+    end
+    if dist == "exponential" then
+        return -d * math.log(1 - random())
+    end
+    -- normal (Box-Muller), clipped at zero
+    local sd = a.stddev or d / 4
+    local z = math.sqrt(-2 * math.log(1 - random())) * math.cos(2 * math.pi * random())
+    return math.max(0, d + sd * z)
+end
+
+function _M.route()
+    -- The raw path (as the client sent it, escapes kept), without the query: nginx adds
+    -- $is_args$args itself.
+    local uri = var.request_uri
+    local q = find(uri, "?", 1, true)
+    if q then uri = sub(uri, 1, q - 1) end
+    local slash = find(uri, "/", 2, true)
+    local dest, rest
+    if slash then
+        dest = sub(uri, 2, slash - 1)
+        rest = sub(uri, slash)
+    else
+        dest = sub(uri, 2)
+        rest = "/"
+    end
+    local rid = var.http_x_request_id
+    if not rid or rid == "" then
+        rid = var.request_id
+    end
+    var.a8_request_id = rid
+    var.a8_dst = dest
+    if dest == "" then
+        return ngx.exit(404)
+    end
+    local s = state.current()
+    local ctx = ngx.ctx
+    local backend
+    local rules = s.routes[dest]
+    if rules then
+        for i = 1, #rules do
+            local rule = rules[i]
+            if rule_matches(rule.match) then
+                backend = pick_backend(rule.backends)
+                break
+            end
+        end
+        if not backend then
+            ctx.a8_fired = "no_route"
+            return ngx.exit(412)
+        end
+    else
+        backend = s.defaults[dest]
+        if not backend then
+            return ngx.exit(404)
+        end
+    end
+    ctx.a8_backend = backend
+    var.a8_dst = backend.dst
+    var.a8_dst_name = dest
+    balancer.started(dest)
+    ctx.a8_counted = true
+    if backend.label and #backend.tags > 0 then
+        ctx.a8_cookie = backend.label
+    end
+
+    local actions = s.actions[dest]
+    if actions then
+        for i = 1, #actions do
+            local rule = actions[i]
+            if rule_matches(rule.match) then
+                local fired
+                for _, a in ipairs(rule.actions) do
+                    if carries(backend.tags, a.tags) and (a.probability >= 1 or random() < a.probability) then
+                        local kind = a.action
+                        if kind == "delay" then
+                            local seconds = delay_of(a)
+                            fired = (fired and fired .. "," or "") .. "delay"
+                            ctx.a8_fired = fired
+                            if seconds > 0 then ngx.sleep(seconds) end
+                        elseif kind == "abort" then
+                            fired = (fired and fired .. "," or "") .. "abort"
+                            ctx.a8_fired = fired
+                            ctx.a8_abort = a.return_code
+                        elseif kind == "trace" then
+                            fired = (fired and fired .. "," or "") .. "trace"
+                            ctx.a8_fired = fired
+                            ctx.a8_trace_key = a.log_key
+                            ctx.a8_trace_value = a.log_value
+                        end
+                    end
+                end
+                local code = ctx.a8_abort
+                if code then
+                    if code < 0 then
+                        -- A negative code resets the connection instead of answering.
+                        return ngx.exit(444)
+                    end
+                    return ngx.exit(code)
+                end
+                break
+            end
+        end
+    end
+
+    if #backend.pool == 0 then
+        return ngx.exit(503)
+    end
+    local path = rest
+    var.a8_path = path
+end
+
+function _M.header_filter()
+    local cookie = ngx.ctx.a8_cookie
+    if cookie then
+        local existing = ngx.header["Set-Cookie"]
+        local value = "version=" .. cookie .. "; Path=/"
+        if existing == nil then
+            ngx.header["Set-Cookie"] = value
+        elseif type(existing) == "table" then
+            existing[#existing + 1] = value
+            ngx.header["Set-Cookie"] = existing
+        else
+            ngx.header["Set-Cookie"] = {existing, value}
+        end
+    end
+end
+
+return _M
