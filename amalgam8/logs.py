@@ -22,7 +22,8 @@ from twisted.logger import (
     formatEvent,
 )
 
-__all__ = ["LEVELS", "parse_level", "configure", "json_observer", "event_as_json"]
+__all__ = ["LEVELS", "parse_level", "configure", "debug_enabled", "json_observer",
+           "event_as_json"]
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -85,6 +86,12 @@ _configured = []
 def configure(level):
     """Set the level L{json_observer} uses by default (a server's C{--log-level})."""
     _configured[:] = [level]
+
+
+def debug_enabled():
+    """Whether the server was started with C{--log-level debug}: debug events on hot paths
+    are only emitted then (twistd's own text log would write them all)."""
+    return bool(_configured) and _configured[0] <= LogLevel.debug
 
 
 def json_observer(stream=None, level=None):

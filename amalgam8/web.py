@@ -5,8 +5,8 @@ redirect, metrics per route and status, and error answers.
 """
 
 import json
+import os
 import time
-import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -61,7 +61,12 @@ def json_body(request, limit=MAX_BODY):
     if len(raw) > limit:
         raise PayloadTooLarge("the body is larger than {} bytes".format(limit))
     try:
-        return _decoder.decode(raw.decode("utf-8"))
+        value = _decoder.decode(raw.decode("utf-8"))
+        if b"\\u" in raw:
+            # A lone surrogate escape (\ud800) decodes but can never be encoded as UTF-8
+            # again: stored, it would break every later answer that includes it.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the body is not valid JSON")
 
@@ -198,12 +203,21 @@ class Front(Resource):
         given = request.requestHeaders.getRawHeaders(_REQUEST_ID)
         rid = given[0] if given and 0 < len(given[0]) <= 128 and given[0].isascii() else None
         if rid is None:
-            rid = str(uuid.uuid4()).encode("ascii")
+            rid = fresh_request_id()
         request.responseHeaders.setRawHeaders(_REQUEST_ID, [rid])
 
     def _finished(self, _ignored, request, started):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
                              request.code, self._now() - started)
+
+
+def fresh_request_id():
+    """A random (version 4) UUID as bytes; several times cheaper than C{str(uuid.uuid4())}."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return "{}-{}-{}-{}-{}".format(h[:8], h[8:12], h[12:16], h[16:20], h[20:]).encode("ascii")
 
 
 def _secure(request):

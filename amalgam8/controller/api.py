@@ -464,7 +464,7 @@ class ControllerFront(Front):
 
     def render(self, request):
         if request.method == b"GET" and not self.require_https and \
-                request.path.startswith(b"/v1/rules") and b"wait=" not in request.uri:
+                request.path.startswith(b"/v1/rules") and b"wait" not in request.args:
             started = self._now()
             try:
                 namespace = self.api.namespace(request)

@@ -16,6 +16,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from amalgam8.errors import A8Error, InvalidRequest, NotFound, Unauthorized
 from amalgam8.durations import parse_duration
+from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
 from amalgam8.web import Metrics, check_token, json_body, query, route_name
@@ -145,9 +146,10 @@ class RegistryAPI:
         body = json_body(request)
         registration = parse_registration(body, self._ttl.grant)
         instance = await self._store.register(namespace, registration)
-        self.log.debug("registered {service} {id} in {namespace}",
-                       service=registration.service_name, id=instance.id,
-                       namespace=namespace)
+        if debug_enabled():
+            self.log.debug("registered {service} {id} in {namespace}",
+                           service=registration.service_name, id=instance.id,
+                           namespace=namespace)
         url = _base_url(request) + "/api/v1/instances/" + instance.id
         request.setResponseCode(201)
         request.setHeader(b"location", url.encode("utf-8"))
@@ -169,8 +171,10 @@ class RegistryAPI:
     async def deregister(self, request, instance_id):
         namespace = self._namespace(request)
         instance = await self._store.deregister(namespace, instance_id)
-        self.log.debug("deregistered {service} {id} in {namespace}",
-                       service=instance.service_name, id=instance.id, namespace=namespace)
+        if debug_enabled():
+            self.log.debug("deregistered {service} {id} in {namespace}",
+                           service=instance.service_name, id=instance.id,
+                           namespace=namespace)
         return _body(request, b"")
 
     @app.route("/api/v1/instances", methods=["GET"])

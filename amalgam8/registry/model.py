@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import sys
-from datetime import datetime, timezone
+import time
 
 import attrs
 
@@ -59,10 +59,16 @@ def instance_id(service_name, endpoint_type, endpoint_value):
 
 def rfc3339(timestamp):
     """
-    Format POSIX seconds as RFC 3339 UTC with microseconds (C{2016-05-01T12:00:00.5Z}).
+    Format POSIX seconds as RFC 3339 UTC with microseconds (C{2016-05-01T12:00:00.500000Z}).
+    Listings format every instance's heartbeat time, so this avoids datetime and strftime.
     """
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = int(timestamp)
+    micro = int(round((timestamp - seconds) * 1e6))
+    if micro >= 1000000:
+        seconds += 1
+        micro -= 1000000
+    t = time.gmtime(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (t[0], t[1], t[2], t[3], t[4], t[5], micro)
 
 
 @attrs.frozen(weakref_slot=False)
