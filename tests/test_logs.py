@@ -17,6 +17,8 @@ LOG_TIME = 1_800_000_000.25
 
 class LogsTestCase(SynchronousTestCase):
     def setUp(self):
+        # A server's --log-level (set by makeService in other tests) is process state.
+        self.patch(logs, "_configured", [])
         self.stream = io.StringIO()
 
     def observer(self, level=LogLevel.info):
@@ -235,3 +237,21 @@ class ParseLevelTests(SynchronousTestCase):
         self.assertIn("loud", str(error))
         self.assertRaises(ValueError, parse_level, "")
         self.assertRaises(ValueError, parse_level, None)
+
+
+class ConfigureTests(SynchronousTestCase):
+    """A server's --log-level sets the observer's default level."""
+
+    def test_configured_level(self):
+        """After configure(warn), json_observer drops info events; debug_enabled follows."""
+        self.patch(logs, "_configured", [])
+        self.assertFalse(logs.debug_enabled())
+        logs.configure(LogLevel.warn)
+        stream = io.StringIO()
+        logger = Logger(namespace="t", observer=json_observer(stream))
+        logger.info("i")
+        logger.warn("w")
+        self.assertEqual([json.loads(line)["message"] for line in stream.getvalue().splitlines()],
+                         ["w"])
+        logs.configure(LogLevel.debug)
+        self.assertTrue(logs.debug_enabled())
