@@ -29,6 +29,8 @@ setup(
         "prometheus-client>=0.20.0",
         # Rules are validated against a JSON Schema (draft 2020-12) kept in the package.
         "jsonschema>=4.18",
+        # The sidecar's YAML configuration file (A8_CONFIG), as Amalgam8 0.4 read it.
+        "PyYAML>=6.0",
     ],
     extras_require={
         "dev": [

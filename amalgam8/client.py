@@ -1,0 +1,217 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+One treq-based client for the registry and controller APIs (blocking reads included), used
+by the sidecar, a8ctl and Gremlin. The HTTP client is injected: production passes an
+C{HTTPClient} over a pooled C{Agent}, tests a C{StubTreq}.
+"""
+
+import json
+
+import attrs
+from twisted.logger import Logger
+
+__all__ = ["APIError", "Unreachable", "RegistryClient", "ControllerClient", "http_client"]
+
+
+class APIError(Exception):
+    """
+    The server answered with an error.
+
+    @ivar status: the HTTP status.
+    @ivar body: the decoded JSON body (or the raw text).
+    """
+
+    def __init__(self, status, body, url):
+        Exception.__init__(self, status, body, url)
+        self.status = status
+        self.body = body
+        self.url = url
+
+    @property
+    def message(self):
+        if isinstance(self.body, dict):
+            for key in ("description", "Error", "error"):
+                if key in self.body:
+                    return str(self.body[key])
+        return str(self.body)[:200]
+
+    def __str__(self):
+        return "{} from {}: {}".format(self.status, self.url, self.message)
+
+
+class Unreachable(Exception):
+    """The server could not be reached (refused, timed out, reset)."""
+
+
+def http_client(reactor, persistent=True):
+    """The production HTTP client: treq over a pooled Agent."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool.maxPersistentPerHost = 16
+    return HTTPClient(Agent(reactor, pool=pool))
+
+
+def _headers(token, json_body=False, extra=None):
+    headers = {}
+    if token:
+        headers[b"Authorization"] = [b"Bearer " + token.encode("utf-8")]
+    if json_body:
+        headers[b"Content-Type"] = [b"application/json"]
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+@attrs.define
+class _Base:
+    http: object
+    url: str
+    token: str = None
+    timeout: float = 30.0
+
+    log = Logger()
+
+    def _url(self, path):
+        return self.url.rstrip("/") + path
+
+    async def _call(self, method, path, body=None, params=None, timeout=None, ok=(200,),
+                    extra_headers=None):
+        url = self._url(path)
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        try:
+            response = await self.http.request(
+                method, url, data=data, params=params,
+                headers=_headers(self.token, body is not None, extra_headers),
+                timeout=timeout if timeout is not None else self.timeout,
+            )
+            content = await response.content()
+        except APIError:
+            raise
+        except Exception as e:
+            raise Unreachable("{} {}: {}".format(method, url, e)) from e
+        try:
+            decoded = json.loads(content) if content else None
+        except ValueError:
+            decoded = content.decode("utf-8", "replace")
+        if response.code not in ok:
+            raise APIError(response.code, decoded, url)
+        return response, decoded
+
+
+def _header(response, name):
+    values = response.headers.getRawHeaders(name)
+    if not values:
+        return None
+    try:
+        return int(values[0])
+    except ValueError:
+        return None
+
+
+@attrs.define
+class RegistryClient(_Base):
+    """The registry API (SPEC A2, B1)."""
+
+    async def register(self, registration):
+        _, body = await self._call("POST", "/api/v1/instances", registration, ok=(200, 201))
+        return body
+
+    async def heartbeat(self, instance_id):
+        await self._call("PUT", "/api/v1/instances/{}/heartbeat".format(instance_id))
+
+    async def deregister(self, instance_id):
+        await self._call("DELETE", "/api/v1/instances/{}".format(instance_id))
+
+    async def instances(self, wait=None, index=None, **filters):
+        """
+        List instances; with C{wait} and C{index}, a blocking read.
+
+        @return: C{(index or None, [instance dicts])}; the index is L{None} when the server
+            does not send C{A8-Index} (an Amalgam8 0.4 registry, which cannot block).
+        """
+        params = {k: v for k, v in filters.items() if v is not None}
+        timeout = self.timeout
+        if wait is not None and index is not None:
+            params["wait"] = "{}s".format(int(wait))
+            params["index"] = str(index)
+            timeout = wait + self.timeout
+        response, body = await self._call("GET", "/api/v1/instances", params=params or None,
+                                          timeout=timeout)
+        return _header(response, b"A8-Index"), (body or {}).get("instances", [])
+
+    async def services(self):
+        _, body = await self._call("GET", "/api/v1/services")
+        return body.get("services", [])
+
+    async def service(self, name):
+        _, body = await self._call("GET", "/api/v1/services/{}".format(name))
+        return body.get("instances", [])
+
+
+@attrs.define
+class ControllerClient(_Base):
+    """The controller API (SPEC A3, B1, B2, B5)."""
+
+    async def rules(self, wait=None, revision=None, **filters):
+        """
+        Read rules; with C{wait} and C{revision}, a blocking read.
+
+        @return: C{(revision or None, [rules])}.
+        """
+        params = {k: v for k, v in filters.items() if v is not None}
+        timeout = self.timeout
+        if wait is not None and revision is not None:
+            params["wait"] = "{}s".format(int(wait))
+            params["revision"] = str(revision)
+            timeout = wait + self.timeout
+        response, body = await self._call("GET", "/v1/rules", params=params or None,
+                                          timeout=timeout)
+        revision = _header(response, b"A8-Revision")
+        if revision is None and isinstance(body, dict):
+            revision = body.get("revision")
+        return revision, (body or {}).get("rules", [])
+
+    async def create_rules(self, rules):
+        _, body = await self._call("POST", "/v1/rules", {"rules": rules}, ok=(200, 201))
+        return body.get("ids", [])
+
+    async def update_rules(self, rules):
+        _, body = await self._call("PUT", "/v1/rules", {"rules": rules})
+        return body
+
+    async def delete_rules(self, **filters):
+        params = {k: v for k, v in filters.items() if v is not None}
+        _, body = await self._call("DELETE", "/v1/rules", params=params or None)
+        return body
+
+    async def replace_rules(self, kind, destination, rules):
+        _, body = await self._call("PUT", "/v1/rules/{}/{}".format(kind, destination),
+                                   {"rules": rules}, ok=(200, 201))
+        return body
+
+    async def status(self):
+        _, body = await self._call("GET", "/v1/rules/status")
+        return body
+
+    async def report(self, proxy_id, report):
+        await self._call("PUT", "/v1/proxies/{}".format(proxy_id), report)
+
+    async def post_traces(self, records):
+        _, body = await self._call("POST", "/v1/traces", {"records": records},
+                                   ok=(200, 201, 202))
+        return body
+
+    async def traces(self, **filters):
+        """Every matching trace record, following the pages."""
+        records = []
+        after = 0
+        while True:
+            params = {k: v for k, v in filters.items() if v is not None}
+            params["after"] = str(after)
+            _, body = await self._call("GET", "/v1/traces", params=params)
+            records.extend(body.get("records", []))
+            after = body.get("next")
+            if after is None:
+                return records
