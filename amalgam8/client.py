@@ -8,6 +8,7 @@ C{HTTPClient} over a pooled C{Agent}, tests a C{StubTreq}.
 import json
 
 import attrs
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 __all__ = ["APIError", "Unreachable", "RegistryClient", "ControllerClient", "http_client"]
@@ -70,6 +71,7 @@ class _Base:
     url: str
     token: str = None
     timeout: float = 30.0
+    reactor: object = None   # the IReactorTime that times requests out (tests: a Clock)
 
     log = Logger()
 
@@ -85,11 +87,14 @@ class _Base:
                 method, url, data=data, params=params,
                 headers=_headers(self.token, body is not None, extra_headers),
                 timeout=timeout if timeout is not None else self.timeout,
+                reactor=self.reactor,
             )
             content = await response.content()
-        except APIError:
+        except (APIError, CancelledError):
             raise
         except Exception as e:
+            if _cancelled(e):
+                raise CancelledError() from e
             raise Unreachable("{} {}: {}".format(method, url, e)) from e
         try:
             decoded = json.loads(content) if content else None
@@ -98,6 +103,12 @@ class _Base:
         if response.code not in ok:
             raise APIError(response.code, decoded, url)
         return response, decoded
+
+
+def _cancelled(error):
+    """Whether a request failed because it was cancelled (treq wraps the cancellation)."""
+    reasons = getattr(error, "reasons", None) or []
+    return any(getattr(r, "check", lambda *a: False)(CancelledError) for r in reasons)
 
 
 def _header(response, name):

@@ -1,0 +1,221 @@
+"""
+Tests for L{amalgam8.sidecar.routes}: the route manager against in-memory registry and
+controller servers (the real APIs through StubTreq) with a Clock.
+"""
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from amalgam8.auth import Authenticator
+from amalgam8.client import ControllerClient, RegistryClient
+from amalgam8.controller.api import ControllerAPI
+from amalgam8.controller.store import MemoryStore as RuleStore
+from amalgam8.registry.api import RegistryAPI
+from amalgam8.registry.store import MemoryStore as InstanceStore
+from amalgam8.sidecar.routes import RouteManager
+from amalgam8.testing.controller import route_rule
+
+
+class Switchable(Resource):
+    """A resource that answers through C{inner}, or with 503 while down."""
+
+    isLeaf = True
+
+    def __init__(self, inner):
+        Resource.__init__(self)
+        self.inner = inner
+        self.down = False
+
+    def render(self, request):
+        if self.down:
+            request.setResponseCode(503)
+            return b'{"error":"down"}'
+        return self.inner.render(request)
+
+
+class RouteManagerTests(SynchronousTestCase):
+    def setUp(self):
+        # The servers' clock and the route manager's own (its timers are checked alone).
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.mclock = Clock()
+        self.mclock.advance(1_700_000_000)
+        auth = Authenticator(modes=("default",), clock=self.clock)
+        self.instances = InstanceStore(clock=self.clock)
+        self.instances.startService()
+        self.addCleanup(self.instances.stopService)
+        self.rules = RuleStore()
+        self.registry = Switchable(RegistryAPI(self.instances, auth, self.clock).resource())
+        self.controller = Switchable(ControllerAPI(self.rules, auth, self.clock).resource())
+        self.registry_http = StubTreq(self.registry)
+        self.controller_http = StubTreq(self.controller)
+        self.pushed = []
+        self.push_result = None
+
+    def push(self, state):
+        if self.push_result is not None:
+            return self.push_result
+        self.pushed.append(json.loads(json.dumps(state)))
+        return succeed(None)
+
+    def start(self, **kwargs):
+        manager = RouteManager(
+            self.mclock,
+            RegistryClient(self.registry_http, "http://registry", reactor=self.mclock),
+            ControllerClient(self.controller_http, "http://controller", reactor=self.mclock),
+            self.push, "proxy-1", "productpage", ("v1",), **kwargs)
+        manager.startService()
+        self.addCleanup(lambda: manager.running and manager.stopService())
+        self.settle()
+        return manager
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.mclock.advance(seconds)
+
+    def settle(self, seconds=0.01):
+        for _ in range(5):
+            self.registry_http.flush()
+            self.controller_http.flush()
+            self.advance(seconds)
+
+    def register(self, value="10.0.0.1:80", tags=("v1",)):
+        self.successResultOf(self.registry_http.post(
+            "http://registry/api/v1/instances",
+            json={"service_name": "reviews", "endpoint": {"type": "http", "value": value},
+                  "tags": list(tags)}))
+
+    def add_rule(self, rule):
+        self.successResultOf(self.controller_http.post(
+            "http://controller/v1/rules", json={"rules": [rule]}))
+
+    def test_first_push_has_both(self):
+        """The first push carries the instances and rules read from both servers."""
+        self.register()
+        self.add_rule(route_rule("r1"))
+        manager = self.start()
+        first = manager.first_state()
+        self.assertEqual(len(self.pushed), 1)
+        self.assertEqual([i["endpoint"]["value"] for i in self.pushed[0]["instances"]],
+                         ["10.0.0.1:80"])
+        self.assertEqual([r["id"] for r in self.pushed[0]["rules"]], ["r1"])
+        self.successResultOf(first)
+
+    def test_rule_change_pushed(self):
+        """A rule posted to the controller reaches the proxy through the blocking read."""
+        manager = self.start()
+        self.assertEqual(self.pushed[-1]["rules"], [])
+        self.add_rule(route_rule("r2"))
+        self.settle()
+        self.assertEqual([r["id"] for r in self.pushed[-1]["rules"]], ["r2"])
+        self.assertEqual(manager.pushed[0], 1)
+
+    def test_instance_change_pushed(self):
+        """A registration reaches the proxy through the registry's blocking read."""
+        self.start()
+        self.register("10.0.0.9:80")
+        self.settle()
+        self.assertEqual([i["endpoint"]["value"] for i in self.pushed[-1]["instances"]],
+                         ["10.0.0.9:80"])
+
+    def test_burst_coalesced(self):
+        """Changes that arrive together are pushed once."""
+        self.start(coalesce=0.5)
+        before = len(self.pushed)
+        for n in range(5):
+            self.register("10.0.0.{}:80".format(n))
+            self.registry_http.flush()
+            self.advance(0.01)
+        self.settle(0.5)
+        self.assertEqual(len(self.pushed) - before, 1)
+        self.assertEqual(len(self.pushed[-1]["instances"]), 5)
+
+    def test_controller_down_keeps_state(self):
+        """With the controller down nothing is pushed; the proxy keeps its last state,
+        and updates resume when it is back."""
+        self.add_rule(route_rule("r1"))
+        manager = self.start()
+        self.controller.down = True
+        self.advance(31)
+        self.settle(1)
+        self.settle(2)
+        count = len(self.pushed)
+        self.assertEqual([r["id"] for r in self.pushed[-1]["rules"]], ["r1"])
+        self.assertGreater(manager.debug_state()["rules"]["failures"], 0)
+        self.controller.down = False
+        self.add_rule(route_rule("r3"))
+        self.settle(1)
+        self.settle(2)
+        self.settle(4)
+        self.assertGreater(len(self.pushed), count)
+        self.assertEqual(sorted(r["id"] for r in self.pushed[-1]["rules"]), ["r1", "r3"])
+
+    def test_nothing_before_both(self):
+        """While the registry has never answered, nothing is pushed (never an empty state)."""
+        self.registry.down = True
+        manager = self.start()
+        self.settle(1)
+        self.assertEqual(self.pushed, [])
+        self.assertNoResult(manager.first_state())
+
+    def test_proxy_restart_repushes(self):
+        """proxy_restarted pushes the current state again."""
+        manager = self.start()
+        count = len(self.pushed)
+        manager.proxy_restarted()
+        self.settle()
+        self.assertEqual(len(self.pushed), count + 1)
+
+    def test_push_failure_retried(self):
+        """A push the proxy refuses is retried until it is taken."""
+        self.push_result = fail(ConnectionRefusedError())
+        self.push_result.addErrback(lambda f: f)
+        manager = self.start()
+        self.push_result = None
+        self.settle(0.1)
+        self.settle(0.5)
+        self.assertEqual(len(self.pushed), 1)
+        self.assertGreater(manager.push_failures, 0)
+
+    def test_reports_status(self):
+        """After a push the controller knows what the proxy applied."""
+        self.add_rule(route_rule("r1"))
+        self.start()
+        response = self.successResultOf(self.controller_http.get(
+            "http://controller/v1/rules/status"))
+        status = json.loads(self.successResultOf(response.content()))
+        self.assertEqual((status["proxies"], status["in_sync"]), (1, 1))
+
+    def test_polling_fallback(self):
+        """Against a server without revisions (0.4) the manager polls every poll seconds."""
+        calls = []
+
+        class OldController(Resource):
+            isLeaf = True
+
+            def render(self, request):
+                calls.append(request.args)
+                request.setHeader(b"content-type", b"application/json")
+                return json.dumps({"rules": [route_rule("old")]}).encode()
+
+        self.controller_http = StubTreq(OldController())
+        manager = self.start(controller_poll=15)
+        self.assertEqual([r["id"] for r in self.pushed[-1]["rules"]], ["old"])
+        before = len(calls)
+        self.advance(15)
+        self.settle()
+        self.assertEqual(len(calls), before + 1)
+        self.assertFalse(manager.debug_state()["rules"]["blocking"])
+        self.assertNotIn(b"wait", calls[-1])
+
+    def test_stop_leaves_no_timers(self):
+        """A stopped manager leaves no delayed call and no open read."""
+        manager = self.start()
+        manager.stopService()
+        self.settle()
+        self.assertEqual(self.mclock.getDelayedCalls(), [])
