@@ -133,7 +133,9 @@ class SettingsOptions(usage.Options):
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
-            sys.stderr.write("{}: {}\n".format(self.program, e))
+            # One line, whatever a value (a path, say) holds.
+            text = str(e).replace("\r", "\\r").replace("\n", "\\n")
+            sys.stderr.write("{}: {}\n".format(self.program, text))
             sys.stderr.flush()
             raise SystemExit(2)
 

@@ -443,6 +443,8 @@ class ControllerAPI:
         except ValueError:
             raise InvalidRequest("limit must be 1-{} and after a non-negative integer"
                                  .format(MAX_PAGE))
+        if "log_value" in single and "log_key" not in single:
+            raise InvalidRequest("log_value needs log_key")
         records, cursor = self._traces.query(namespace, after=after, limit=limit, **single)
         return _body(request, encode({
             "records": records,
