@@ -830,10 +830,12 @@ class BlockingReadTests(ControllerTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_thousand_waiters(self):
-        """A thousand waiting reads are all answered by one change."""
+        """A thousand waiting reads are all answered by one change; identical reads share
+        one store waiter."""
         waiting = [self.start(b"GET", RULES + "?wait=30s&revision=1") for _ in range(1000)]
         self.http.flush()
-        self.assertEqual(self.store.waiting(), 1000)
+        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (1, 1000))
+        self.assertIn("a8_controller_blocking_reads 1000.0", self.metrics_text())
         for d in waiting:
             self.assertNoResult(d)
         self.post(route(id="b"))
@@ -842,8 +844,12 @@ class BlockingReadTests(ControllerTestCase):
         self.assertEqual({(a.code, a.header(b"a8-revision")) for a in answers},
                          {(200, "2")})
         self.assertEqual(len({a.body for a in answers}), 1)
-        self.assertEqual(self.store.waiting(), 0)
+        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def metrics_text(self):
+        response = self.successResultOf(self.http.get("http://controller/metrics"))
+        return self.successResultOf(response.text())
 
     def test_client_gone(self):
         """A waiting read whose client goes away is forgotten, with its timer."""

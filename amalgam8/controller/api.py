@@ -71,6 +71,7 @@ class ControllerAPI:
         self._require_https = require_https
         self._metrics_token = metrics_token
         self._responses = {}
+        self.blocking = BlockingReads(self)
 
     def resource(self):
         """The root C{IResource} of the server."""
@@ -466,6 +467,10 @@ class ControllerFront(Front):
 
     def render(self, request):
         if request.method == b"GET" and not self.require_https and \
+                request.path == b"/v1/rules" and b"wait" in request.args:
+            if self.api.blocking.wait(request, self):
+                return NOT_DONE_YET
+        if request.method == b"GET" and not self.require_https and \
                 request.path.startswith(b"/v1/rules") and b"wait" not in request.args:
             started = self._now()
             try:
@@ -487,6 +492,124 @@ class ControllerFront(Front):
                     self.metrics.observe("rules_cached", "GET", 200, self._now() - started)
                     return body
         return Front.render(self, request)
+
+
+class _Waiting:
+    __slots__ = ("request", "timer", "started")
+
+    def __init__(self, request, started):
+        self.request = request
+        self.started = started
+        self.timer = None
+
+
+class BlockingReads:
+    """
+    Blocking reads of C{GET /v1/rules} held without Klein or a coroutine per reader.
+
+    Readers of the same namespace, revision and query form one group with one store waiter;
+    a change answers the whole group from one cached encoding, writing each response as
+    soon as it is ready. Each reader has its own C{wait} timer; a reader that goes away
+    leaves its group at once. Anything unusual (a bad parameter, a revision already passed)
+    is left to the Klein route, which answers it the same way.
+    """
+
+    def __init__(self, api):
+        self._api = api
+        self._groups = {}
+        self.waiting = 0
+
+    def wait(self, request, front):
+        api = self._api
+        started = front._now()
+        try:
+            namespace = api.namespace(request)
+            params = query(request, _FILTERS | _WAIT)
+            wait = min(parse_duration(params["wait"][-1]), MAX_WAIT)
+            since = int(params["revision"][-1])
+            filters = _filters(params)
+        except (A8Error, ValueError, KeyError):
+            return False
+        if since < 0 or not wait:
+            return False
+        current = []
+        api._store.get(namespace).addCallback(current.append)
+        if not current or current[0].revision > since:
+            return False
+        key = (namespace, since, request.uri)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = {}
+            change = api._store.wait_for_change(namespace, since)
+            change.addCallback(self._wake, front, key, filters)
+            change.addErrback(self._lost, key)
+            group[None] = change
+        request.route = "rules_wait"
+        front.request_id(request)
+        entry = _Waiting(request, started)
+        entry.timer = api._clock.callLater(wait, self._expire, front, key, entry, filters)
+        group[id(request)] = entry
+        self.waiting += 1
+
+        def gone(_):
+            if group.pop(id(request), None) is not None:
+                self.waiting -= 1
+                entry.timer.cancel()
+                self._drop_if_empty(key, group)
+
+        request.notifyFinish().addErrback(gone)
+        return True
+
+    def _drop_if_empty(self, key, group):
+        if len(group) == 1 and self._groups.get(key) is group:
+            del self._groups[key]
+            group[None].cancel()
+
+    def _lost(self, failure, key):
+        failure.trap(CancelledError)
+        return None
+
+    def _wake(self, _revision, front, key, filters):
+        group = self._groups.pop(key, None)
+        if not group:
+            return None
+        group.pop(None, None)
+        entries = list(group.values())
+        for entry in entries:
+            entry.timer.cancel()
+        self.waiting -= len(entries)
+        self._answer(front, key, filters, entries)
+        return None
+
+    def _expire(self, front, key, entry, filters):
+        group = self._groups.get(key)
+        if group is not None and group.pop(id(entry.request), None) is not None:
+            self.waiting -= 1
+            self._drop_if_empty(key, group)
+        self._answer(front, key, filters, [entry])
+
+    def _answer(self, front, key, filters, entries):
+        api = self._api
+        namespace, _, uri = key
+        current = []
+        api._store.get(namespace).addCallback(current.append)
+        ruleset = current[0]
+        body = api.cached(namespace, ruleset.revision, uri)
+        if body is None:
+            body = api._remember(namespace, ruleset.revision, uri,
+                                 _rules_body(ruleset.select(**filters), ruleset.revision))
+        revision = b"%d" % ruleset.revision
+        length = b"%d" % len(body)
+        for entry in entries:
+            request = entry.request
+            if request.finished or request._disconnected:
+                continue
+            request.setHeader(b"a8-revision", revision)
+            request.setHeader(b"content-type", _JSON)
+            request.setHeader(b"content-length", length)
+            request.write(body)
+            request.finish()
+            front.metrics.observe("rules_wait", "GET", 200, front._now() - entry.started)
 
 
 def _cache_key(request, kind=None, destination=None):
@@ -583,9 +706,10 @@ class _Collector:
         yield rules
         yield revisions
         waiting = getattr(api._store, "waiting", None)
+        held = api.blocking.waiting - len(api.blocking._groups)
         yield GaugeMetricFamily("a8_controller_blocking_reads",
                                 "Blocking reads waiting for a change.",
-                                value=waiting() if waiting else 0)
+                                value=(waiting() if waiting else 0) + held)
         stats = api._traces.stats()
         yield CounterMetricFamily("a8_controller_trace_records_received",
                                   "Trace records received.", value=stats["received"])

@@ -181,7 +181,7 @@ def parse_healthcheck(item, where):
     args = item.get("args", ())
     if isinstance(args, str):
         args = tuple(shlex.split(args))
-    elif isinstance(args, list) and all(isinstance(a, str) for a in args):
+    elif isinstance(args, (list, tuple)) and all(isinstance(a, str) for a in args):
         args = tuple(args)
     else:
         raise ConfigError("{}: health check args must be a list of strings".format(where))
