@@ -49,8 +49,15 @@ def http_client(reactor, persistent=True):
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    from twisted.web.client import _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        # One "Starting factory" log line per connection is noise.
+        noisy = False
+
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 16
+    pool._factory = QuietFactory
     return HTTPClient(Agent(reactor, pool=pool))
 
 

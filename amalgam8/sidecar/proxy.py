@@ -91,6 +91,11 @@ class ProxyConfig:
     @ivar runtime_dir: where nginx.conf, the pid, logs and temp files go.
     @ivar service_name: this sidecar's service (the source of its requests), or "".
     @ivar service_tags: and its tags.
+    @ivar log_buffer: the access log's write buffer (nginx size, e.g. C{"64k"}), flushed at
+        least every C{log_flush} seconds; L{None} writes every record at once (tests).
+    @ivar consecutive_errors: outlier ejection's default: how many 5xx answers or
+        connection failures in a row take an instance out.
+    @ivar ejection_time: for how many seconds (default).
     """
 
     runtime_dir: str
@@ -101,6 +106,8 @@ class ProxyConfig:
     service_name: str = ""
     service_tags: tuple = ()
     access_log: str = None
+    log_buffer: str = "64k"
+    log_flush: float = 1.0
     error_level: str = "warn"
     keepalive: int = 256
     state_memory: str = "64m"
@@ -160,6 +167,8 @@ http {{
     lua_package_cpath {package_cpath};
     lua_shared_dict a8_state {state_memory};
     lua_shared_dict a8_health 16m;
+    # Header conditions are matched with compiled regexes cached per worker: room for many.
+    lua_regex_cache_max_entries 8192;
     log_format a8 escape=none '$a8_log';
 
     init_by_lua_block {{
@@ -178,6 +187,7 @@ http {{
     }}
     init_worker_by_lua_block {{
         math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+        require("amalgam8.state").init_worker()
     }}
 
     upstream a8_upstream {{
@@ -192,12 +202,21 @@ http {{
 
     server {{
         listen {proxy_listen} backlog=4096;
+        # Every request header goes upstream, those with underscores too.
+        underscores_in_headers on;
+        # An abort with a negative code closes with 444: send a reset, not a FIN.
+        reset_timedout_connection on;
         set $a8_log "";
         set $a8_dst "";
         set $a8_dst_name "";
         set $a8_path "/";
         set $a8_request_id "";
-        access_log {access_log} a8 buffer=64k flush=1s;
+        access_log {access_log} a8{log_buffer} if=$a8_log;
+        # At server level, so that requests nginx rejects before any location (a malformed
+        # request line, say) are logged too.
+        log_by_lua_block {{
+            require("amalgam8.log").log()
+        }}
 
         location / {{
             rewrite_by_lua_block {{
@@ -205,9 +224,6 @@ http {{
             }}
             header_filter_by_lua_block {{
                 require("amalgam8.router").header_filter()
-            }}
-            log_by_lua_block {{
-                require("amalgam8.log").log()
             }}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -250,6 +266,9 @@ http {{
         keepalive=config.keepalive,
         proxy_listen=_listen(config.address, config.port),
         access_log=config.access_log_path,
+        log_buffer=(" buffer={} flush={}ms".format(config.log_buffer,
+                                                    int(config.log_flush * 1000))
+                    if config.log_buffer else ""),
         admin_listen=_listen("127.0.0.1", config.admin_port),
     ))
     return "\n".join(lines)
@@ -268,5 +287,50 @@ def write(config, modules, lua_dir=None):
 
 
 def command(config, binary):
-    """The argv that starts this proxy in the foreground."""
-    return [binary, "-p", config.runtime_dir, "-c", config.conf_path]
+    """
+    The argv that starts this proxy in the foreground. C{-e} keeps even the messages nginx
+    writes before it has read nginx.conf in the runtime directory.
+    """
+    return [binary, "-p", config.runtime_dir, "-e", config.error_log_path,
+            "-c", config.conf_path]
+
+
+class AdminClient:
+    """
+    Pushes the state to the proxy's admin endpoint.
+
+    @param http: a treq-like client.
+    @param port: the admin port on 127.0.0.1.
+    """
+
+    def __init__(self, http, port, reactor=None, timeout=10.0):
+        self._http = http
+        self.url = "http://127.0.0.1:{}/a8-admin".format(port)
+        self._reactor = reactor
+        self._timeout = timeout
+
+    async def push(self, state):
+        """POST the state; fails with L{AdminRefused} unless the proxy took it."""
+        import json as _json
+
+        response = await self._http.post(
+            self.url, data=_json.dumps(state).encode("utf-8"),
+            headers={b"Content-Type": [b"application/json"]},
+            timeout=self._timeout, reactor=self._reactor)
+        body = await response.content()
+        if response.code != 200:
+            raise AdminRefused("proxy refused the state ({}): {}".format(
+                response.code, body[:300].decode("utf-8", "replace")))
+        return _json.loads(body)
+
+    async def loaded(self):
+        """What the proxy holds (GET)."""
+        import json as _json
+
+        response = await self._http.get(self.url, timeout=self._timeout,
+                                        reactor=self._reactor)
+        return _json.loads(await response.content())
+
+
+class AdminRefused(Exception):
+    """The proxy did not take the state."""

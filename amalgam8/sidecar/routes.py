@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import rfc3339
 
 __all__ = ["RouteManager"]
@@ -227,8 +228,9 @@ class RouteManager(Service):
         self.pushes += 1
         self.pushed = versions
         self.applied_at = self._clock.seconds()
-        self.log.debug("proxy state pushed: revision {revision}, index {index}",
-                       revision=versions[0], index=versions[1])
+        if debug_enabled():
+            self.log.debug("proxy state pushed: revision {revision}, index {index}",
+                           revision=versions[0], index=versions[1])
         if not self._first_done:
             self._first_done = True
             waiters, self._first = self._first, []

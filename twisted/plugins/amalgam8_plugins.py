@@ -7,3 +7,7 @@ a8controller = ServiceMaker(
     "amalgam8 controller", "amalgam8.controller.tap", "The amalgam8 rule controller.",
     "a8controller"
 )
+a8sidecar = ServiceMaker(
+    "amalgam8 sidecar", "amalgam8.sidecar.tap",
+    "The amalgam8 sidecar: registration, proxy, supervision.", "a8sidecar"
+)
