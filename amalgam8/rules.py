@@ -9,12 +9,10 @@ client gave none); defaults are applied by readers (the proxy), never written in
 """
 
 import json
-import math
 import re
 import uuid
 from importlib import resources
 
-import attrs
 from jsonschema import Draft202012Validator
 
 from amalgam8.errors import InvalidRequest

@@ -9,7 +9,10 @@ import os
 import sys
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from amalgam8.durations import parse_duration
@@ -22,6 +25,8 @@ __all__ = [
     "parse_duration_setting",
     "parse_positive_int",
     "check_endpoint",
+    "ServerService",
+    "add_listeners",
 ]
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -200,3 +205,55 @@ def check_common(options):
     """Cross-checks of the common settings."""
     if "jwt" in options["auth-mode"] and not options["jwt-secret"]:
         raise usage.UsageError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET)")
+
+
+class ServerService(MultiService):
+    """
+    A server's service tree. A port that cannot be bound stops the start with one line and
+    exit status 2, like any other bad setting.
+
+    @ivar program: the name in that line (C{a8registry}).
+    """
+
+    def __init__(self, program):
+        MultiService.__init__(self)
+        self.program = program
+
+    def privilegedStartService(self):
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListenError as e:
+            sys.stderr.write("{}: cannot listen: {}\n".format(self.program, e))
+            sys.stderr.flush()
+            raise SystemExit(2)
+
+
+def add_listeners(top, reactor, descriptions, site, log):
+    """
+    One listener per endpoint description under C{top}; each logs the address it bound
+    (C{"<program> listening on HOST:PORT"}, with C{host} and C{port} keys: tests and
+    scripts that listen on port 0 learn the port from it).
+    """
+    for description in descriptions:
+        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
+        _announce(listener, description, log, top.program)
+
+
+def _announce(listener, description, log, program):
+    original = listener.privilegedStartService
+
+    def started():
+        original()
+        waiting = listener._waitingForPort
+        if waiting is not None:
+            def report(port):
+                address = port.getHost()
+                log.info("{program} listening on {host}:{port} ({endpoint})",
+                         program=program, host=getattr(address, "host", "?"),
+                         port=getattr(address, "port", 0), endpoint=description)
+                return port
+            waiting.addCallback(report)
+
+    listener.privilegedStartService = started

@@ -10,7 +10,6 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 

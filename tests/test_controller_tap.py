@@ -404,7 +404,7 @@ class MakeServiceTests(OptionsTestCase):
                          [(8081, ""), (9000, "127.0.0.1")])
         self.assertTrue(self.stores()[0].running)
         announced = [e for e in events
-                     if e.get("log_format", "").startswith("a8controller listening")]
+                     if e.get("program") == "a8controller" and "port" in e]
         self.assertEqual([e["endpoint"] for e in announced],
                          ["tcp:8081", "tcp:9000:interface=127.0.0.1"])
         self.service.stopService()

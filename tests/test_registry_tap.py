@@ -324,7 +324,7 @@ class MakeServiceTests(OptionsTestCase):
         self.assertTrue(self.stores()[0].running)
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
         announced = [e for e in events
-                     if e.get("log_format", "").startswith("a8registry listening")]
+                     if e.get("program") == "a8registry" and "port" in e]
         self.assertEqual([e["endpoint"] for e in announced],
                          ["tcp:8081", "tcp:9000:interface=127.0.0.1"])
         self.service.stopService()

@@ -6,7 +6,6 @@ Every read of rules is answered from an encoding made once per namespace, revisi
 query: thousands of sidecars reading the same rules cost one encoding per change.
 """
 
-import json
 import re
 
 from klein import Klein
@@ -25,7 +24,6 @@ from amalgam8.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
-    Unauthorized,
 )
 from amalgam8.rules import SCHEMA_BYTES, InvalidRule, kind_of, validate_rules
 from amalgam8.web import (

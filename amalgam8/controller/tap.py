@@ -3,26 +3,22 @@
 C{twistd -n a8controller}: options, environment and the service tree of the controller.
 """
 
-import os
-import sys
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from amalgam8.logs import configure as configure_logs
 from amalgam8.auth import Authenticator
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
+from amalgam8.logs import configure as configure_logs
 from amalgam8.settings import (
+    ServerService,
     Setting,
     SettingsOptions,
+    add_listeners,
     check_common,
     common_settings,
     parse_duration_setting,
@@ -84,24 +80,12 @@ class Options(SettingsOptions):
             self["rule-store"] = MemoryStore()
 
 
-class ControllerService(MultiService):
-    """The controller's service tree; an unusable port stops the start (exit status 2)."""
-
-    def privilegedStartService(self):
-        try:
-            MultiService.privilegedStartService(self)
-        except CannotListenError as e:
-            sys.stderr.write("a8controller: cannot listen: {}\n".format(e))
-            sys.stderr.flush()
-            raise SystemExit(2)
-
-
 def makeService(options, reactor=None):
     """Build the controller: the rule store and one listener per C{--listen}."""
     if reactor is None:
         from twisted.internet import reactor
     configure_logs(options["log-level"])
-    top = ControllerService()
+    top = ServerService("a8controller")
     store = options.get("rule-store") or MemoryStore()
     store.setServiceParent(top)
     api = ControllerAPI(
@@ -116,28 +100,6 @@ def makeService(options, reactor=None):
         metrics_token=options["metrics-token"],
     )
     site = A8Site(api.resource())
-    log = Logger(namespace="amalgam8.controller")
-    for description in options["listen"]:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
-        _announce(listener, description, log)
+    add_listeners(top, reactor, options["listen"], site,
+                  Logger(namespace="amalgam8.controller"))
     return top
-
-
-def _announce(listener, description, log):
-    original = listener.privilegedStartService
-
-    def started():
-        original()
-        waiting = listener._waitingForPort
-        if waiting is not None:
-            def report(port):
-                address = port.getHost()
-                log.info("a8controller listening on {host}:{port} ({endpoint})",
-                         host=getattr(address, "host", "?"),
-                         port=getattr(address, "port", 0), endpoint=description)
-                return port
-            waiting.addCallback(report)
-
-    listener.privilegedStartService = started

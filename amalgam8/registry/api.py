@@ -4,8 +4,6 @@ The registry's HTTP API (SPEC A2 and B1), as an instance-bound Klein app.
 """
 
 import json
-import math
-import time
 from importlib import resources
 
 import attrs
@@ -14,7 +12,7 @@ from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from amalgam8.errors import A8Error, InvalidRequest, NotFound, Unauthorized
+from amalgam8.errors import A8Error, InvalidRequest, NotFound
 from amalgam8.durations import parse_duration
 from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration

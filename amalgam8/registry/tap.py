@@ -3,26 +3,21 @@
 C{twistd -n a8registry}: options, environment and the service tree of the registry.
 """
 
-import sys
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from amalgam8.logs import configure as configure_logs
 from amalgam8.auth import Authenticator, parse_modes
-from amalgam8.logs import parse_level
+from amalgam8.logs import configure as configure_logs, parse_level
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
 from amalgam8.settings import (
+    ServerService,
     Setting,
     SettingsOptions,
+    add_listeners,
     parse_bool,
     parse_duration_setting,
-    parse_positive_int,
 )
 from amalgam8.web import A8Site, Metrics
 
@@ -106,23 +101,6 @@ class Options(SettingsOptions):
                 "(got {:g} <= {:g} <= {:g})".format(low, default, high))
 
 
-class RegistryService(MultiService):
-    """
-    The registry's service tree. A port that cannot be bound stops the start with one line
-    and exit status 2, like any other bad setting.
-    """
-
-    log = Logger()
-
-    def privilegedStartService(self):
-        try:
-            MultiService.privilegedStartService(self)
-        except CannotListenError as e:
-            sys.stderr.write("a8registry: cannot listen: {}\n".format(e))
-            sys.stderr.flush()
-            raise SystemExit(2)
-
-
 def makeService(options, reactor=None):
     """
     Build the registry: the store (expiry included) and one listener per C{--listen}.
@@ -130,7 +108,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     configure_logs(options["log-level"])
-    top = RegistryService()
+    top = ServerService("a8registry")
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
     store.setServiceParent(top)
     authenticator = Authenticator(
@@ -145,28 +123,5 @@ def makeService(options, reactor=None):
         metrics_token=options["metrics-token"],
     )
     site = A8Site(api.resource())
-    for description in options["listen"]:
-        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
-        _announce(listener, description)
+    add_listeners(top, reactor, options["listen"], site, Logger(namespace="amalgam8.registry"))
     return top
-
-
-def _announce(listener, description):
-    log = Logger(namespace="amalgam8.registry")
-    original = listener.privilegedStartService
-
-    def started():
-        original()
-        waiting = listener._waitingForPort
-        if waiting is not None:
-            def report(port):
-                address = port.getHost()
-                log.info("a8registry listening on {host}:{port} ({endpoint})",
-                         host=getattr(address, "host", "?"),
-                         port=getattr(address, "port", 0), endpoint=description)
-                return port
-            waiting.addCallback(report)
-
-    listener.privilegedStartService = started

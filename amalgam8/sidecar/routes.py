@@ -11,7 +11,6 @@ get from the servers, and nothing is pushed before both sides were read once.
 """
 
 import random as _random
-import time as _time
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
