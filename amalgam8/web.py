@@ -91,6 +91,47 @@ def query(request, allowed):
     return result
 
 
+MAX_WAIT = 600.0
+
+
+def blocking_params(params, version_name):
+    """
+    The C{wait} and C{index}/C{revision} parameters of a blocking read (SPEC B1).
+
+    @return: C{(wait seconds or None, version or None)}; C{wait} is capped at 10 minutes.
+    @raise InvalidRequest: for a value that is not a duration or a non-negative integer.
+    """
+    from amalgam8.durations import parse_duration
+
+    wait = params.get("wait")
+    since = params.get(version_name)
+    if wait is not None:
+        try:
+            wait = min(parse_duration(wait[-1]), MAX_WAIT)
+        except ValueError:
+            raise InvalidRequest("wait must be a duration such as 30s")
+    if since is not None:
+        try:
+            since = int(since[-1])
+            if since < 0:
+                raise ValueError(since)
+        except ValueError:
+            raise InvalidRequest("{} must be a non-negative integer".format(version_name))
+    return wait, since
+
+
+async def wait_for_newer(store, clock, namespace, since, wait):
+    """Wait up to C{wait} seconds for the namespace to pass C{since} (no error on timeout)."""
+    from twisted.internet.defer import TimeoutError
+
+    change = store.wait_for_change(namespace, since)
+    change.addTimeout(wait, clock)
+    try:
+        await change
+    except TimeoutError:
+        pass
+
+
 def check_token(request, expected, what="this endpoint"):
     """
     Require C{Authorization: Bearer <expected>} (compared in constant time).

@@ -9,7 +9,7 @@ query: thousands of sidecars reading the same rules cost one encoding per change
 import re
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
@@ -17,7 +17,6 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 from amalgam8.controller.model import encode
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.traces import MAX_PAGE, TraceBuffer
-from amalgam8.durations import parse_duration
 from amalgam8.errors import (
     A8Error,
     BadNamespaceHeader,
@@ -28,6 +27,8 @@ from amalgam8.errors import (
 from amalgam8.rules import SCHEMA_BYTES, InvalidRule, kind_of, validate_rules
 from amalgam8.web import (
     Front,
+    blocking_params,
+    wait_for_newer,
     Metrics,
     check_token,
     controller_error,
@@ -42,7 +43,6 @@ _JSON = b"application/json"
 _FILTERS = frozenset({"id", "tag", "destination"})
 _WAIT = frozenset({"wait", "revision"})
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
-MAX_WAIT = 600.0
 MAX_RECORDS = 10000
 _KINDS = {"routes": "route", "actions": "action"}
 
@@ -171,28 +171,10 @@ class ControllerAPI:
 
     async def _read(self, request, params, namespace):
         """The namespace's rules, after waiting for a newer revision when asked to."""
-        wait = params.get("wait")
-        since = params.get("revision")
-        if wait is not None:
-            try:
-                wait = min(parse_duration(wait[-1]), MAX_WAIT)
-            except ValueError:
-                raise InvalidRequest("wait must be a duration such as 30s")
-        if since is not None:
-            try:
-                since = int(since[-1])
-                if since < 0:
-                    raise ValueError(since)
-            except ValueError:
-                raise InvalidRequest("revision must be a non-negative integer")
+        wait, since = blocking_params(params, "revision")
         ruleset = await self._store.get(namespace)
         if wait and since is not None and ruleset.revision <= since:
-            change = self._store.wait_for_change(namespace, since)
-            change.addTimeout(wait, self._clock)
-            try:
-                await change
-            except TimeoutError:
-                pass
+            await wait_for_newer(self._store, self._clock, namespace, since, wait)
             ruleset = await self._store.get(namespace)
         request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
         return ruleset
@@ -523,12 +505,11 @@ class BlockingReads:
         try:
             namespace = api.namespace(request)
             params = query(request, _FILTERS | _WAIT)
-            wait = min(parse_duration(params["wait"][-1]), MAX_WAIT)
-            since = int(params["revision"][-1])
+            wait, since = blocking_params(params, "revision")
             filters = _filters(params)
         except (A8Error, ValueError, KeyError):
             return False
-        if since < 0 or not wait:
+        if since is None or not wait:
             return False
         current = []
         api._store.get(namespace).addCallback(current.append)

@@ -8,23 +8,21 @@ from importlib import resources
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError, TimeoutError
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from amalgam8.errors import A8Error, InvalidRequest, NotFound
-from amalgam8.durations import parse_duration
 from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
-from amalgam8.web import Metrics, check_token, json_body, query, route_name
+from amalgam8.web import Metrics, blocking_params, check_token, wait_for_newer, json_body, query, route_name
 
 __all__ = ["RegistryAPI", "TTLPolicy"]
 
 _LIST_PARAMS = frozenset({"service_name", "tags", "status", "id", "fields", "wait", "index"})
 _FILTERS = frozenset({"service_name", "tags", "status", "id"})
 _JSON = b"application/json"
-MAX_WAIT = 600.0
 
 
 @attrs.frozen
@@ -191,28 +189,10 @@ class RegistryAPI:
 
     async def _blocking(self, request, params, namespace, read):
         """Read, and when C{wait} and C{index} ask for it, wait for a newer index first."""
-        wait = params.get("wait")
-        index = params.get("index")
-        if wait is not None:
-            try:
-                wait = min(parse_duration(wait[-1]), MAX_WAIT)
-            except ValueError:
-                raise InvalidRequest("wait must be a duration such as 30s")
-        if index is not None:
-            try:
-                index = int(index[-1])
-                if index < 0:
-                    raise ValueError(index)
-            except ValueError:
-                raise InvalidRequest("index must be a non-negative integer")
+        wait, index = blocking_params(params, "index")
         current, result = await read()
         if wait and index is not None and current <= index:
-            change = self._store.wait_for_change(namespace, index)
-            change.addTimeout(wait, self._clock)
-            try:
-                await change
-            except TimeoutError:
-                pass
+            await wait_for_newer(self._store, self._clock, namespace, index, wait)
             current, result = await read()
         return current, result
 

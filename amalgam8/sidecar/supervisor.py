@@ -132,6 +132,7 @@ class _ChildProtocol(ProcessProtocol):
         self.ended = False
         self.escalation = None          # the IDelayedCall of the next stop signal
         self.linger = None              # closes our pipe ends if a grandchild holds them
+        self.pid = None                 # the pid spawned (the transport forgets it at exit)
         self.waiters = []               # Deferreds fired at processEnded
         self._buffers = {}
 
@@ -222,10 +223,16 @@ class Supervisor(Service):
 
     # -- adding children ---------------------------------------------------------------
 
-    def add_proxy(self, argv, env=None, path=None, on_start=None, name="proxy"):
+    def add_proxy(self, argv, env=None, path=None, on_start=None, name="proxy",
+                  kill_group=False):
         """
         The proxy: spawned when the service starts (at once if it runs), restarted with
         exponential backoff whenever it dies; C{on_start()} is called after each spawn.
+
+        With C{kill_group}, it runs as the leader of its own process group, and whenever it
+        exits whatever is left of that group is killed before the restart: nginx workers
+        outlive a master that was killed with SIGKILL, keep its ports, and the restarted
+        nginx could never bind them.
 
         @param argv: the command line (C{argv[0]} is looked up on the PATH).
         @param env: its environment (default: the sidecar's).
@@ -236,7 +243,7 @@ class Supervisor(Service):
         if name in self._children:
             raise ValueError("a child named {!r} exists already".format(name))
         child = _Child(name, "proxy", argv, None if env is None else dict(env), path,
-                       kill_group=False, on_start=on_start)
+                       kill_group=kill_group, on_start=on_start)
         child.delay = self.min_restart_delay
         self._proxy = child
         self._children[name] = child
@@ -320,6 +327,7 @@ class Supervisor(Service):
                            argv=" ".join(child.argv), why=str(e) or e.__class__.__name__)
             self._handle_exit(child, 127, None, uptime=0.0)
             return
+        proto.pid = getattr(proto.transport, "pid", None)
         if proto.exited:            # it ended inside spawnProcess
             return
         self.log.info("started {name} (pid {pid}): {argv}", name=child.name, pid=child.pid,
@@ -332,6 +340,8 @@ class Supervisor(Service):
     def _exited(self, proto, reason):
         child = proto.child
         code, sig = exit_status(reason)
+        if child.kind == "proxy" and child.kill_group and proto.pid:
+            self._kill_leftovers(proto)
         if proto.escalation is not None and proto.escalation.active():
             proto.escalation.cancel()
         proto.escalation = None
@@ -343,6 +353,19 @@ class Supervisor(Service):
         if proto is not child.proto:
             return
         self._handle_exit(child, code, sig, uptime=self._clock.seconds() - proto.started_at)
+
+    def _kill_leftovers(self, proto):
+        """The proxy's leader exited: SIGKILL what is left of its group (orphaned workers)."""
+        try:
+            os.killpg(proto.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return                      # nothing left: the usual case
+        except OSError as e:
+            self.log.warn("cannot kill what is left of {name}: {why}", name=proto.child.name,
+                          why=str(e))
+            return
+        self.log.warn("killed what was left of {name} (process group {pgid})",
+                      name=proto.child.name, pgid=proto.pid)
 
     def _close_pipes(self, proto):
         proto.linger = None

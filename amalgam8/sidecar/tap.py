@@ -142,7 +142,7 @@ class Sidecar(MultiService):
             self.traces = TraceShipper(reactor, self.proxy_config.access_log_path,
                                        controller.post_traces, reopen=self._reopen_logs)
             self.supervisor.add_proxy(command(self.proxy_config, nginx_binary),
-                                      on_start=self.routes.proxy_restarted)
+                                      on_start=self.routes.proxy_restarted, kill_group=True)
         for n, app in enumerate(config.commands):
             self.supervisor.add_app(app, name="app" if n == 0 else "app{}".format(n))
         if config.register:
