@@ -54,12 +54,19 @@ function _M.handle()
     if decoded == nil then
         return answer(400, {error = "the body is not valid JSON: " .. tostring(err)})
     end
+    if not body:find("^%s*{") then
+        return answer(400, {error = "the state must be an object {\"instances\":[...],\"rules\":[...]}"})
+    end
     local problem = state.validate(decoded)
     if problem then
         return answer(400, {error = problem})
     end
+    local compiled, compile_err = state.compile(decoded)
+    if not compiled then
+        return answer(400, {error = "the state cannot be used: " .. compile_err})
+    end
     -- Keep the state as it was pushed: workers decode exactly what was validated.
-    local version, store_err = state.store(body)
+    local version, store_err = state.store(body, compiled)
     if not version then
         return answer(500, {error = store_err})
     end

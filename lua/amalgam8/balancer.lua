@@ -1,15 +1,32 @@
 -- The instance for each attempt (balancer phase): round robin, random or least request
 -- (power of two choices) over the backend's pool, skipping ejected instances; retries on
 -- another instance after a connection failure or timeout, within the destination's retry
--- budget.
+-- budget. After the request (log phase): outlier ejection and least-request bookkeeping.
+--
+-- Shared dict a8_health, for every worker:
+--   req:<dest>:<second>, rt:<dest>:<second>  requests sent upstream and retries, per second,
+--                                            kept for the budget's window
+--   act:<addr>                               attempts in flight on an instance (least_request)
+--   err:<addr>                               consecutive errors of an instance
+--   ej:<addr>                                present while the instance is ejected
 local balancer = require "ngx.balancer"
 local config = require "amalgam8.config"
 
 local ngx = ngx
 local shared = ngx.shared.a8_health
 local random = math.random
+local floor = math.floor
+local ipairs, tonumber, next = ipairs, tonumber, next
 
 local _M = {}
+
+-- The budget: the retries of the last WINDOW seconds may not exceed
+-- retry_budget_ratio of the requests of those seconds, plus retry_budget_floor.
+local WINDOW = 10
+
+-- NGX_BUSY: the balancer's way to end the request with 502 ("no live upstreams") without
+-- another attempt. (ngx.exit(502) here turns into a 500.)
+local NO_MORE_TRIES = -3
 
 local rr = {}   -- per worker: backend key -> next index
 
@@ -21,54 +38,86 @@ local function active(inst)
     return shared:get("act:" .. inst.addr) or 0
 end
 
+local function usable(inst, tried)
+    return not tried[inst.addr] and not ejected(inst)
+end
+
 local function choose(backend, tried)
     local pool = backend.pool
     local n = #pool
     if n == 0 then return nil end
     local lb = backend.lb
     if lb == "least_request" and n > 1 then
-        local best
+        -- Power of two choices: two distinct instances at random, the less busy one.
         for _ = 1, 4 do
-            local a = pool[random(n)]
-            local b = pool[random(n)]
-            if a == b and n > 1 then b = pool[(random(n - 1) + (a.index or 0)) % n + 1] end
-            local pick = a
-            if active(b) < active(a) then pick = b end
-            if not tried[pick.addr] and not ejected(pick) then best = pick; break end
+            local i = random(n)
+            local j = random(n - 1)
+            if j >= i then j = j + 1 end
+            local a, b = pool[i], pool[j]
+            local ua, ub = usable(a, tried), usable(b, tried)
+            local pick
+            if ua and ub then
+                pick = active(b) < active(a) and b or a
+            elseif ua then
+                pick = a
+            elseif ub then
+                pick = b
+            end
+            if pick then return pick end
         end
-        if best then return best end
     elseif lb == "random" and n > 1 then
         for _ = 1, n do
             local pick = pool[random(n)]
-            if not tried[pick.addr] and not ejected(pick) then return pick end
+            if usable(pick, tried) then return pick end
         end
     end
-    -- round robin (also the fallback of the others): the next usable instance
+    -- round robin (also the fallback of the others): the next usable instance. Only first
+    -- attempts move the turn on: if retries did, with one instance of two down every
+    -- request would start on the dead one.
     local key = backend.key
     local start = rr[key] or random(n)
+    local first = next(tried) == nil
     for i = 0, n - 1 do
         local index = (start + i - 1) % n + 1
         local pick = pool[index]
-        if not tried[pick.addr] and not ejected(pick) then
-            rr[key] = index % n + 1
+        if usable(pick, tried) then
+            if first then rr[key] = index % n + 1 end
             return pick
         end
     end
     -- everything tried or ejected: an untried one, ejected or not, then anything
     for i = 0, n - 1 do
-        local pick = pool[(start + i - 1) % n + 1]
+        local index = (start + i - 1) % n + 1
+        local pick = pool[index]
         if not tried[pick.addr] then
-            rr[key] = (start + i) % n + 1
+            if first then rr[key] = index % n + 1 end
             return pick
         end
     end
     return pool[(start - 1) % n + 1]
 end
 
+local function window_sum(prefix, now)
+    local total = 0
+    for second = now - WINDOW + 1, now do
+        total = total + (shared:get(prefix .. second) or 0)
+    end
+    return total
+end
+
 local function budget_allows(dest)
-    local requests = shared:get("req:" .. dest) or 0
-    local retries = shared:get("rt:" .. dest) or 0
-    return retries < config.retry_budget_floor or retries < requests * config.retry_budget_ratio
+    local now = floor(ngx.now())
+    local requests = window_sum("req:" .. dest .. ":", now)
+    local retries = window_sum("rt:" .. dest .. ":", now)
+    return retries < requests * config.retry_budget_ratio + config.retry_budget_floor
+end
+
+local function release(ctx)
+    local addr = ctx.a8_holding
+    if addr then
+        shared:incr("act:" .. addr, -1, 0)
+        ctx.a8_holding = nil
+    end
 end
 
 function _M.balance()
@@ -86,67 +135,34 @@ function _M.balance()
             balancer.set_timeouts(t, t, t)
         end
     else
-        -- A retry: only within the destination's budget.
+        -- A retry: the previous attempt is over; another only within the budget.
+        release(ctx)
         local dest = ngx.var.a8_dst_name
         if not budget_allows(dest) then
             ctx.a8_budget_exhausted = true
-            return ngx.exit(502)
+            return ngx.exit(NO_MORE_TRIES)
         end
-        shared:incr("rt:" .. dest, 1, 0)
+        shared:incr("rt:" .. dest .. ":" .. floor(ngx.now()), 1, 0, WINDOW + 1)
         ctx.a8_retries = (ctx.a8_retries or 0) + 1
     end
     local inst = choose(backend, tried)
     if not inst then
-        return ngx.exit(503)
+        return ngx.exit(NO_MORE_TRIES)
     end
     tried[inst.addr] = true
+    ctx.a8_attempts = (ctx.a8_attempts or 0) + 1
     if backend.lb == "least_request" then
         shared:incr("act:" .. inst.addr, 1, 0)
-        local held = ctx.a8_active
-        if not held then held = {}; ctx.a8_active = held end
-        held[#held + 1] = inst.addr
+        ctx.a8_holding = inst.addr
     end
     local ok, err = balancer.set_current_peer(inst.host, inst.port)
     if not ok then
         ngx.log(ngx.ERR, "amalgam8: cannot set peer ", inst.addr, ": ", err)
-        return ngx.exit(502)
+        return ngx.exit(NO_MORE_TRIES)
     end
 end
 
--- After the request (log phase): outcome bookkeeping for ejection, budget, least request.
-function _M.after(dest)
-    local ctx = ngx.ctx
-    local held = ctx.a8_active
-    if held then
-        for _, addr in ipairs(held) do shared:incr("act:" .. addr, -1, 0) end
-    end
-    local retries = ctx.a8_retries
-    if retries then shared:incr("rt:" .. dest, -retries, 0) end
-    shared:incr("req:" .. dest, -1, 0)
-    local backend = ctx.a8_backend
-    if not backend or not ctx.a8_tried then return end
-    -- upstream_addr and upstream_status list every attempt, in order.
-    local addrs = ngx.var.upstream_addr
-    local statuses = ngx.var.upstream_status
-    if not addrs or not statuses then return end
-    local status_list = {}
-    for s in statuses:gmatch("[^,%s:]+") do status_list[#status_list + 1] = s end
-    local i = 0
-    for addr in addrs:gmatch("[^,%s]+") do
-        i = i + 1
-        local status = status_list[i]
-        local code = tonumber(status)
-        if addr ~= ":" then
-            if code == nil or code >= 500 then
-                _M.failed(backend, addr)
-            else
-                shared:delete("err:" .. addr)
-            end
-        end
-    end
-end
-
-function _M.failed(backend, addr)
+local function failed(backend, addr)
     local count = shared:incr("err:" .. addr, 1, 0)
     if count and count >= backend.consecutive_errors then
         -- Never more than half of the pool out at once.
@@ -163,8 +179,52 @@ function _M.failed(backend, addr)
     end
 end
 
+-- The attempts of this request as {addr, status} lists, from $upstream_addr and
+-- $upstream_status ("a, b : c" lists every attempt; " : " separates internal redirects).
+-- A refused retry (retry budget) leaves one more entry, which is no attempt: only the first
+-- ctx.a8_attempts count.
+function _M.attempts()
+    local addrs = ngx.var.upstream_addr
+    local statuses = ngx.var.upstream_status
+    local out = {}
+    if not addrs or addrs == "" then return out end
+    local status_list = {}
+    for s in (statuses or ""):gmatch("[^,:%s]+") do status_list[#status_list + 1] = s end
+    local i = 0
+    for addr in addrs:gmatch("[^,%s]+") do
+        if addr ~= ":" then
+            i = i + 1
+            out[i] = {addr, status_list[i]}
+        end
+    end
+    local attempts = ngx.ctx.a8_attempts
+    if attempts and #out > attempts then
+        for k = #out, attempts + 1, -1 do out[k] = nil end
+    end
+    return out
+end
+
+-- After the request (log phase): outcome bookkeeping for ejection and least request.
+function _M.after()
+    local ctx = ngx.ctx
+    release(ctx)
+    local backend = ctx.a8_backend
+    if not backend or not ctx.a8_tried then return end
+    for _, attempt in ipairs(_M.attempts()) do
+        local addr, code = attempt[1], tonumber(attempt[2])
+        -- A connection failure is 502 and a timeout 504; no status at all (the client
+        -- went away first) says nothing about the instance.
+        if code and code >= 500 then
+            failed(backend, addr)
+        elseif code then
+            shared:delete("err:" .. addr)
+        end
+    end
+end
+
+-- A request of the destination goes upstream (rewrite phase): it counts for the budget.
 function _M.started(dest)
-    shared:incr("req:" .. dest, 1, 0)
+    shared:incr("req:" .. dest .. ":" .. floor(ngx.now()), 1, 0, WINDOW + 1)
 end
 
 return _M

@@ -2,7 +2,6 @@
 -- rule and backend, the action rule and its faults. Everything it reads was compiled once
 -- per state version by amalgam8.state.
 local state = require "amalgam8.state"
-local config = require "amalgam8.config"
 local balancer = require "amalgam8.balancer"
 
 local ngx = ngx
@@ -10,9 +9,14 @@ local var = ngx.var
 local re_find = ngx.re.find
 local random = math.random
 local sub, find = string.sub, string.find
-local ipairs = ipairs
+local ipairs, type = ipairs, type
+local concat = table.concat
 
 local _M = {}
+
+-- The status nginx closes a connection with instead of answering; with
+-- reset_timedout_connection on (nginx.conf), the close is a reset.
+local RESET = 444
 
 local function headers_match(headers)
     if not headers then return true end
@@ -99,6 +103,45 @@ local function delay_of(a)
     return math.max(0, d + sd * z)
 end
 
+-- The actions of the first matching action rule: every delay (in order), then the abort,
+-- while a trace always goes into the log record. Returns the abort code or nil.
+local function apply_actions(rules, backend, ctx)
+    for i = 1, #rules do
+        local rule = rules[i]
+        if rule_matches(rule.match) then
+            local delay, abort, trace_key, trace_value = 0, nil, nil, nil
+            local fired = {}
+            for _, a in ipairs(rule.actions) do
+                if carries(backend.tags, a.tags)
+                        and (a.probability >= 1 or random() < a.probability) then
+                    local kind = a.action
+                    if kind == "delay" then
+                        delay = delay + delay_of(a)
+                        fired.delay = true
+                    elseif kind == "abort" then
+                        if not abort then abort = a.return_code end
+                        fired.abort = true
+                    elseif kind == "trace" then
+                        trace_key, trace_value = a.log_key, a.log_value
+                        fired.trace = true
+                    end
+                end
+            end
+            local names = {}
+            if fired.delay then names[#names + 1] = "delay" end
+            if fired.abort then names[#names + 1] = "abort" end
+            if fired.trace then names[#names + 1] = "trace" end
+            if #names > 0 then ctx.a8_fired = concat(names, ",") end
+            if trace_key then
+                ctx.a8_trace_key, ctx.a8_trace_value = trace_key, trace_value
+            end
+            if delay > 0 then ngx.sleep(delay) end
+            return abort
+        end
+    end
+    return nil
+end
+
 function _M.route()
     -- The raw path (as the client sent it, escapes kept), without the query: nginx adds
     -- $is_args$args itself.
@@ -136,7 +179,6 @@ function _M.route()
             end
         end
         if not backend then
-            ctx.a8_fired = "no_route"
             return ngx.exit(412)
         end
     else
@@ -147,71 +189,43 @@ function _M.route()
     end
     ctx.a8_backend = backend
     var.a8_dst = backend.dst
-    var.a8_dst_name = dest
-    balancer.started(dest)
-    ctx.a8_counted = true
-    if backend.label and #backend.tags > 0 then
-        ctx.a8_cookie = backend.label
+    if #backend.tags > 0 then
+        ctx.a8_cookie = "version=" .. backend.label .. "; Path=/"
     end
 
     local actions = s.actions[dest]
     if actions then
-        for i = 1, #actions do
-            local rule = actions[i]
-            if rule_matches(rule.match) then
-                local fired
-                for _, a in ipairs(rule.actions) do
-                    if carries(backend.tags, a.tags) and (a.probability >= 1 or random() < a.probability) then
-                        local kind = a.action
-                        if kind == "delay" then
-                            local seconds = delay_of(a)
-                            fired = (fired and fired .. "," or "") .. "delay"
-                            ctx.a8_fired = fired
-                            if seconds > 0 then ngx.sleep(seconds) end
-                        elseif kind == "abort" then
-                            fired = (fired and fired .. "," or "") .. "abort"
-                            ctx.a8_fired = fired
-                            ctx.a8_abort = a.return_code
-                        elseif kind == "trace" then
-                            fired = (fired and fired .. "," or "") .. "trace"
-                            ctx.a8_fired = fired
-                            ctx.a8_trace_key = a.log_key
-                            ctx.a8_trace_value = a.log_value
-                        end
-                    end
-                end
-                local code = ctx.a8_abort
-                if code then
-                    if code < 0 then
-                        -- A negative code resets the connection instead of answering.
-                        return ngx.exit(444)
-                    end
-                    return ngx.exit(code)
-                end
-                break
+        local code = apply_actions(actions, backend, ctx)
+        if code then
+            -- A code that is no HTTP status (negative, as SPEC A3 has it, or below 100)
+            -- resets the connection instead of answering.
+            if code < 100 then
+                ctx.a8_reset = code
+                return ngx.exit(RESET)
             end
+            return ngx.exit(code)
         end
     end
 
     if #backend.pool == 0 then
         return ngx.exit(503)
     end
-    local path = rest
-    var.a8_path = path
+    var.a8_dst_name = dest
+    balancer.started(dest)
+    var.a8_path = rest
 end
 
 function _M.header_filter()
     local cookie = ngx.ctx.a8_cookie
     if cookie then
         local existing = ngx.header["Set-Cookie"]
-        local value = "version=" .. cookie .. "; Path=/"
         if existing == nil then
-            ngx.header["Set-Cookie"] = value
+            ngx.header["Set-Cookie"] = cookie
         elseif type(existing) == "table" then
-            existing[#existing + 1] = value
+            existing[#existing + 1] = cookie
             ngx.header["Set-Cookie"] = existing
         else
-            ngx.header["Set-Cookie"] = {existing, value}
+            ngx.header["Set-Cookie"] = {existing, cookie}
         end
     end
 end

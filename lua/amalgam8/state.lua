@@ -13,8 +13,9 @@ local re_find = ngx.re.find
 
 local _M = {}
 
-local compiled = nil      -- this worker's compiled view
-local compiled_version = -1
+local EMPTY_STATE = {services = {}, routes = {}, actions = {}, defaults = {}, version = 0}
+local compiled = EMPTY_STATE  -- this worker's compiled view
+local compiled_version = -1   -- and the version it was compiled from (nil: no state yet)
 
 local EMPTY = {}
 
@@ -54,8 +55,13 @@ end
 
 local function check_regex(pattern, path)
     if type(pattern) ~= "string" then fail(path, "must be a string") end
-    local ok, _, err = pcall(re_find, "", pattern, "jo")
-    if not ok or err then fail(path, "not a valid regular expression") end
+    -- ngx.re.find returns from, to, err: a pattern matching "" returns 1, 0 and no error.
+    -- No "o" flag here: patterns that fail validation must not fill the regex cache.
+    local ok, from, _, err = pcall(re_find, "", pattern, "j")
+    if not ok then err = from end
+    if not ok or err then
+        fail(path, "not a valid regular expression (" .. tostring(err) .. ")")
+    end
 end
 
 local function check_condition(c, path)
@@ -146,7 +152,10 @@ end
 
 -- Validate a decoded state; returns nil or an error message.
 function _M.validate(state)
-    if type(state) ~= "table" or is_array(state) then return "the state must be an object" end
+    -- An empty object decodes like an empty list: the admin endpoint checks the "{" itself.
+    if type(state) ~= "table" or (is_array(state) and next(state) ~= nil) then
+        return "the state must be an object"
+    end
     local ok, err = pcall(function()
         local instances = state.instances
         if instances == nil then instances = {} end
@@ -162,14 +171,34 @@ function _M.validate(state)
     return "invalid state: " .. tostring(err)
 end
 
--- Store a validated state for every worker; returns the new version.
-function _M.store(body)
+-- Pushes may reach several workers at once: one stores at a time.
+local function lock()
+    for _ = 1, 2500 do
+        if shared:add("lock", true, 10) then return true end
+        ngx.sleep(0.002)
+    end
+    return false
+end
+
+local install
+
+-- Store a validated state for every worker: the body under a new version, then the version
+-- itself, so that a worker never sees a version whose state is not there yet. The current
+-- and the previous state are kept (a worker may be compiling the previous one). Returns the
+-- new version, or nil and a message. C{result} is the state compiled by this worker.
+function _M.store(body, result)
+    if not lock() then return nil, "timed out waiting for another push" end
     local version = (shared:get("version") or 0) + 1
-    local ok, err = shared:set("state:" .. version, body)
+    -- safe_set: fail rather than evict anything (such as the version) to make room.
+    local ok, err = shared:safe_set("state:" .. version, body)
+    if ok then
+        shared:set("applied_at", ngx.now())
+        shared:set("version", version)
+        shared:delete("state:" .. (version - 2))
+    end
+    shared:delete("lock")
     if not ok then return nil, "cannot keep the state: " .. tostring(err) end
-    shared:set("version", version)
-    shared:set("applied_at", ngx.now())
-    shared:delete("state:" .. (version - 2))
+    if result then install(result, version) end
     return version
 end
 
@@ -275,9 +304,12 @@ local function compile(state)
     end)
 
     for _, rule in ipairs(sorted) do
+        local dest = rule.destination
+        -- A destination with route rules is ruled even when none of them is for this
+        -- source: its requests then match no rule (412) rather than taking the default.
+        if rule.route and not routes[dest] then routes[dest] = {} end
         local match = compile_match(rule)
         if match then
-            local dest = rule.destination
             local entry = {id = rule.id, match = match}
             if rule.route then
                 local route = rule.route
@@ -335,7 +367,7 @@ local function compile(state)
                         return_code = a.return_code,
                         probability = a.probability or 1,
                         log_key = a.log_key,
-                        log_value = a.log_value ~= nil and tostring(a.log_value) or nil,
+                        log_value = a.log_value ~= cjson.null and a.log_value or nil,
                         tags = a.tags,
                     }
                 end
@@ -361,28 +393,53 @@ local function compile(state)
     return {services = services, routes = routes, actions = actions, defaults = defaults}
 end
 
--- The compiled view of the current version (rebuilt at most once per version).
+install = function(result, version)
+    result.version = version
+    compiled = result
+    compiled_version = version
+    ngx.log(ngx.NOTICE, "amalgam8: worker ", ngx.worker.id(), " uses state version ", version)
+end
+
+-- Compile a decoded, validated state (the admin endpoint does it before storing, so that a
+-- state this proxy cannot use is refused); returns the result or nil and a message.
+function _M.compile(state)
+    local ok, result = pcall(compile, state)
+    if ok then return result end
+    return nil, tostring(result)
+end
+
+-- The compiled view of the current version (rebuilt at most once per version and worker).
 function _M.current()
     local version = shared:get("version")
     if version == compiled_version then return compiled end
     if version == nil then
-        compiled = {services = {}, routes = {}, actions = {}, defaults = {}}
-        compiled_version = nil
+        compiled, compiled_version = EMPTY_STATE, nil
         return compiled
     end
     local body = shared:get("state:" .. version)
     local state = body and cjson.decode(body)
+    local result, err
     if state then
-        local ok, result = pcall(compile, state)
-        if ok then
-            compiled = result
-        else
-            ngx.log(ngx.ERR, "amalgam8: cannot compile state ", version, ": ", result)
-        end
+        result, err = _M.compile(state)
+    else
+        err = "the state is missing"
     end
-    compiled_version = version
-    compiled.version = version
+    if result then
+        install(result, version)
+    else
+        -- Keep serving the previous state; do not try again on every request.
+        ngx.log(ngx.ERR, "amalgam8: cannot use state version ", version, ": ", err)
+        compiled_version = version
+    end
     return compiled
+end
+
+-- Each worker compiles a new version as soon as it is stored, not on its first request.
+function _M.init_worker()
+    local ok, err = ngx.timer.every(0.05, function(premature)
+        if not premature then _M.current() end
+    end)
+    if not ok then ngx.log(ngx.ERR, "amalgam8: cannot start the state timer: ", err) end
 end
 
 function _M.version()
