@@ -4,7 +4,9 @@ order SPEC B4 asks for, with a fake process reactor and in-memory servers.
 """
 
 import json
+import os
 import signal
+import sys
 from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
@@ -67,6 +69,11 @@ class Routing:
 
 class SidecarTests(SynchronousTestCase):
     def setUp(self):
+        # Fake pids are real numbers: never signal a real process group.
+        def no_group(pid, sig):
+            raise ProcessLookupError(pid)
+
+        self.patch(os, "killpg", no_group)
         self.reactor = FakeProcessReactor()
         self.reactor.advance(1_700_000_000)
         self.reactor.running = True
@@ -100,8 +107,14 @@ class SidecarTests(SynchronousTestCase):
             self.reactor.advance(seconds)
 
     def spawned(self):
-        return [p.args[0] if p.args[0] != "setsid" else p.args[2]
-                for p in self.reactor.processes]
+        """The programs started, seen through a setsid(1) wrapper (kill_group)."""
+        names = []
+        for p in self.reactor.processes:
+            args = p.args
+            if os.path.basename(args[0]) == "setsid" or args[:2] == [sys.executable, "-c"]:
+                args = args[args.index("--") + 1:] if "--" in args else args[3:]
+            names.append(args[0])
+        return names
 
     def registered(self):
         return [i.id for i in self.successResultOf(self.instances.instances("default"))[1]]
