@@ -38,5 +38,6 @@ setup(
             "openapi-spec-validator>=0.7",
         ],
     },
+    entry_points={"console_scripts": ["a8ctl = amalgam8.cli.main:entry"]},
     zip_safe=False,
 )

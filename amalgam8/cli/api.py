@@ -5,11 +5,18 @@ calls only a8ctl makes (rules by kind and destination, the revision each change 
 liveness), and errors that say which server they came from.
 """
 
+from urllib.parse import quote
+
 import attrs
 
 from amalgam8.client import APIError, ControllerClient, RegistryClient, Unreachable
 
 __all__ = ["Controller", "Registry"]
+
+
+def _segment(name):
+    """A service name as one URL path segment."""
+    return quote(name, safe="")
 
 
 def _header(response, name):
@@ -62,7 +69,7 @@ class Registry(_Named, RegistryClient):
 
         @raise APIError: 404 when the registry knows no instance of it.
         """
-        _, body = await self._call("GET", "/api/v1/services/{}".format(service))
+        _, body = await self._call("GET", "/api/v1/services/{}".format(_segment(service)))
         return [i for i in (body or {}).get("instances", [])
                 if str(i.get("status", "UP")).upper() == "UP"]
 
@@ -92,7 +99,7 @@ class Controller(_Named, ControllerClient):
 
     async def of_destination(self, kind, destination):
         """@return: the route (action) rules of one destination."""
-        _, body = await self._call("GET", "/v1/rules/{}/{}".format(kind, destination))
+        _, body = await self._call("GET", "/v1/rules/{}/{}".format(kind, _segment(destination)))
         return (body or {}).get("rules", [])
 
     async def create(self, rules):
@@ -115,12 +122,12 @@ class Controller(_Named, ControllerClient):
     async def replace(self, kind, destination, rules):
         """Replace every route (action) rule of C{destination}; @return: C{(revision, ids)}."""
         response, body = await self._call(
-            "PUT", "/v1/rules/{}/{}".format(kind, destination), {"rules": rules},
+            "PUT", "/v1/rules/{}/{}".format(kind, _segment(destination)), {"rules": rules},
             ok=(200, 201))
         return _revision(response), (body or {}).get("ids", [])
 
     async def clear(self, kind, destination):
         """Delete every route (action) rule of C{destination}; @return: C{(revision, ids)}."""
         response, body = await self._call(
-            "DELETE", "/v1/rules/{}/{}".format(kind, destination))
+            "DELETE", "/v1/rules/{}/{}".format(kind, _segment(destination)))
         return _revision(response), (body or {}).get("ids", [])

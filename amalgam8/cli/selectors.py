@@ -43,7 +43,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _SELECTOR = re.compile(r"\s*([^()]*?)\s*\((.*)\)\s*", re.S)
 _ACTION = re.compile(
     r"\s*([^()]*?)\s*\(\s*([^()]*?)\s*->\s*([A-Za-z]+)\s*=\s*([^()]*?)\s*\)\s*", re.S)
-_USER_PATTERN = re.compile(r"\^\(\.\*\?;\)\?\(user=(.+)\)\(;\.\*\)\?\$", re.S)
+_KEY = re.compile(r"([A-Za-z_]+)\s*=\s*")
+_USER_PATTERN = re.compile(r"\^\(\.\*\?;(?: \?)?\)\?\(user=(.+)\)\(;\.\*\)\?\$", re.S)
 _OLD_USER_PATTERN = re.compile(r"\.\*\?user=(.+)", re.S)
 
 
@@ -94,13 +95,15 @@ def version_of(tags):
 def cookie_pattern(cookie):
     """
     The C{Cookie} header pattern that matches one cookie, C{name=value} (SPEC A7:
-    C{user="x"} is C{^(.*?;)?(user=x)(;.*)?$}); a bare name matches any value.
+    C{user="x"} is C{^(.*?; ?)?(user=x)(;.*)?$}); a bare name matches any value. SPEC A7
+    writes the pattern without the optional space, but browsers separate cookies with
+    "; ", so C{a=1; user=x} would never match that one.
     """
     if "=" in cookie:
         inner = re.escape(cookie)
     else:
         inner = re.escape(cookie) + "=[^;]*"
-    return "^(.*?;)?({})(;.*)?$".format(inner)
+    return "^(.*?; ?)?({})(;.*)?$".format(inner)
 
 
 def parse_header(text, what="header"):
@@ -149,7 +152,7 @@ def _pairs(body, text):
             position += 1
         if position >= length:
             break
-        match = re.compile(r"([A-Za-z_]+)\s*=\s*").match(body, position)
+        match = _KEY.match(body, position)
         if match is None:
             fail("expected key=value inside the parentheses (weight=0.25, user=\"name\" "
                  "or header=\"Name:pattern\")")
