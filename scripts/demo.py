@@ -1,28 +1,47 @@
 #!/usr/bin/env python3
 """
-The registry demo (`make demo`): starts a8registry on a free loopback port with the
-embedded defaults, registers the bookinfo services, and shows listing, filters, a blocking
-read woken by a registration, heartbeats and expiry. `make demo ARGS=--keep` leaves the
-registry running and prints how to reach it.
+The bookinfo demo (`make demo`): starts the registry, the controller, bookinfo's services
+each under its own a8sidecar and a gateway sidecar, all on loopback with free ports, then walks
+through routing and fault injection with a8ctl, printing each command and what the product
+page now shows:
 
-The controller, the sidecar and the bookinfo walk-through join this demo as they land.
+  1. every service routed to v1;
+  2. the user jason routed to reviews v2;
+  3. a 7 s delay from reviews v2 to ratings for jason: jason's page loses its reviews after
+     productpage's 3 s timeout, other users are unaffected;
+  4. a gradual shift of reviews to v3, measuring the real split at each step.
+
+It stops everything it started at the end, on an error and on Ctrl-C.
+`--keep` leaves the mesh running and prints its URLs and a8ctl settings. `--check` turns
+every step into an assertion (exit status 1 when one fails) and `--fast` shortens the waits:
+the end-to-end test runs `demo.py --fast --check`.
 """
 
 import argparse
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(os.path.abspath(sys.executable))
+TWISTD = os.path.join(BIN, "twistd")
+A8CTL = os.path.join(BIN, "a8ctl")
+BOOKINFO = os.path.join(ROOT, "examples", "bookinfo", "bookinfo.py")
+MARKERS = re.compile(r"<!-- bookinfo: (.*?) -->")
+
+
+class StepFailed(Exception):
+    pass
 
 
 def free_port():
@@ -31,116 +50,273 @@ def free_port():
         return s.getsockname()[1]
 
 
-def call(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
+def http(url, headers=None, timeout=30):
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            text = response.read().decode()
-            return response.status, dict(response.headers), text
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
+        return e.code, e.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError) as e:
+        return 0, str(e)
 
 
-def step(title):
-    print("\n== " + title)
+class Mesh:
+    """Every process the demo starts, and how to reach them."""
+
+    def __init__(self, workdir, fast):
+        self.workdir = workdir
+        self.fast = fast
+        self.children = []
+        self.registry = "http://127.0.0.1:{}".format(free_port())
+        self.controller = "http://127.0.0.1:{}".format(free_port())
+        self.gateway_port = free_port()
+        self.gateway = "http://127.0.0.1:{}".format(self.gateway_port)
+        self.env = dict(os.environ, A8_REGISTRY_URL=self.registry,
+                        A8_CONTROLLER_URL=self.controller, A8_LOG_LEVEL="info")
+        for key in ("A8_CONFIG", "A8_SERVICE", "A8_REGISTER", "A8_PROXY", "A8_AUTH_MODE"):
+            self.env.pop(key, None)
+
+    def spawn(self, name, argv, env=None):
+        log = open(os.path.join(self.workdir, name + ".log"), "w")
+        child = subprocess.Popen(argv, cwd=self.workdir, env=env or self.env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.children.append((name, child))
+        return child
+
+    def twistd(self, name, plugin, args, env=None):
+        return self.spawn(name, [TWISTD, "-n", "--pidfile=", plugin] + args, env)
+
+    def sidecar(self, name, service, tags, register=True, proxy=True, app=None):
+        port = free_port()
+        proxy_port = free_port()
+        env = dict(self.env, A8_SERVICE="{}:{}".format(service, tags) if tags else service,
+                   A8_REGISTER=str(register).lower(), A8_PROXY=str(proxy).lower(),
+                   A8_ENDPOINT_HOST="127.0.0.1", A8_ENDPOINT_PORT=str(port),
+                   A8_PROXY_PORT=str(proxy_port if name != "gateway" else self.gateway_port),
+                   A8_PROXY_ADMIN_PORT=str(free_port()), A8_DEBUG_PORT=str(free_port()),
+                   A8_RUNTIME_DIR=os.path.join(self.workdir, name),
+                   A8_STOP_TIMEOUT="10s")
+        if name == "gateway":
+            proxy_port = self.gateway_port
+        argv = []
+        if app is not None:
+            argv = ["--", sys.executable, BOOKINFO, "--service", service, "--port", str(port),
+                    "--proxy-url", "http://127.0.0.1:{}".format(proxy_port)]
+            if tags:
+                argv += ["--version", tags]
+        return self.twistd(name, "a8sidecar", argv, env)
+
+    def start(self):
+        self.twistd("registry", "a8registry",
+                    ["--listen", "tcp:{}:interface=127.0.0.1".format(self.registry.rsplit(":", 1)[1])])
+        self.twistd("controller", "a8controller",
+                    ["--listen", "tcp:{}:interface=127.0.0.1".format(self.controller.rsplit(":", 1)[1]),
+                     "--database-type", "file",
+                     "--database-host", os.path.join(self.workdir, "rules.json")])
+        self.wait_for(self.registry + "/uptime", "the registry")
+        self.wait_for(self.controller + "/health", "the controller")
+        self.sidecar("productpage-v1", "productpage", "v1", app=True)
+        self.sidecar("details-v1", "details", "v1", proxy=False, app=True)
+        self.sidecar("reviews-v1", "reviews", "v1", proxy=False, app=True)
+        self.sidecar("reviews-v2", "reviews", "v2", app=True)
+        self.sidecar("reviews-v3", "reviews", "v3", app=True)
+        self.sidecar("ratings-v1", "ratings", "v1", proxy=False, app=True)
+        self.sidecar("gateway", "gateway", "", register=False)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            self.check_children()
+            _, body = http(self.registry + "/api/v1/instances")
+            services = {(i["service_name"], tuple(i.get("tags", [])))
+                        for i in json.loads(body)["instances"]}
+            status, _ = http(self.gateway + "/productpage/health")
+            if len(services) == 6 and status == 200:
+                return
+            time.sleep(0.3)
+        raise StepFailed("the mesh did not come up within 60 s; logs in " + self.workdir)
+
+    def wait_for(self, url, what):
+        for _ in range(150):
+            self.check_children()
+            if http(url, timeout=2)[0] == 200:
+                return
+            time.sleep(0.1)
+        raise StepFailed("{} did not start; logs in {}".format(what, self.workdir))
+
+    def check_children(self):
+        for name, child in self.children:
+            if child.poll() is not None:
+                raise StepFailed("{} exited with {}; see {}".format(
+                    name, child.returncode, os.path.join(self.workdir, name + ".log")))
+
+    def stop(self):
+        for name, child in reversed(self.children):
+            if child.poll() is None:
+                try:
+                    os.killpg(child.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+        deadline = time.time() + 15
+        for name, child in self.children:
+            try:
+                child.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                child.wait()
 
 
-def show(method, url, body=None):
-    print("$ curl -X {} {}{}".format(method, url, "" if body is None else " -d '{}'".format(
-        json.dumps(body))))
-    status, headers, text = call(method, url, body)
-    print("  {} {}".format(status, text if len(text) < 400 else text[:400] + "..."))
-    return status, headers, text
+class Demo:
+    def __init__(self, mesh, check, json_out):
+        self.mesh = mesh
+        self.check = check
+        self.json_out = json_out
+        self.failures = []
+
+    def a8ctl(self, *args):
+        print("$ a8ctl " + " ".join(_quote(a) for a in args), flush=True)
+        done = subprocess.run([A8CTL] + list(args), env=self.mesh.env, capture_output=True,
+                              text=True, timeout=60)
+        for line in (done.stdout + done.stderr).strip().splitlines():
+            print("  " + line)
+        if done.returncode != 0:
+            raise StepFailed("a8ctl {} failed with status {}".format(args[0], done.returncode))
+
+    def page(self, user=None):
+        headers = {"Cookie": "user=" + user} if user else {}
+        started = time.time()
+        status, body = http(self.mesh.gateway + "/productpage/productpage", headers)
+        found = MARKERS.search(body)
+        markers = dict(part.split("=", 1) for part in found.group(1).split()) if found else {}
+        markers["status"] = status
+        markers["seconds"] = round(time.time() - started, 2)
+        return markers
+
+    def show(self, who, markers):
+        print("  page for {:<7} -> reviews {:<11} version {:<5} stars {:<6} ({:.1f} s)".format(
+            who, markers.get("reviews", "?"), markers.get("reviews-version", "?"),
+            markers.get("stars", "?"), markers["seconds"]), flush=True)
+
+    def expect(self, step, condition, text):
+        result = {"step": step, "ok": bool(condition), "check": text}
+        if self.json_out:
+            print("RESULT " + json.dumps(result), flush=True)
+        if not condition:
+            self.failures.append("step {}: {}".format(step, text))
+            print("  !! expected: " + text, flush=True)
+
+    def settle(self):
+        time.sleep(0.5)
+
+    def run(self, fast):
+        delay = 4 if fast else 7
+        print("\n== 1. every service routed to v1", flush=True)
+        for service in ("productpage", "details", "reviews", "ratings"):
+            self.a8ctl("route-set", service, "--default", "v1", "--wait")
+        jason, other = self.page("jason"), self.page()
+        self.show("jason", jason)
+        self.show("(guest)", other)
+        self.expect(1, jason.get("reviews-version") == "v1" and other.get("reviews-version")
+                    == "v1" and other.get("stars") == "none", "everyone sees reviews v1")
+
+        print("\n== 2. the user jason routed to reviews v2", flush=True)
+        self.a8ctl("route-set", "reviews", "--default", "v1", "--selector", 'v2(user="jason")',
+                   "--wait")
+        jason, other = self.page("jason"), self.page()
+        self.show("jason", jason)
+        self.show("(guest)", other)
+        self.expect(2, jason.get("reviews-version") == "v2" and jason.get("stars") == "black"
+                    and other.get("reviews-version") == "v1",
+                    "jason sees v2 (black stars), others v1")
+
+        print("\n== 3. a {} s delay from reviews v2 to ratings, for jason".format(delay),
+              flush=True)
+        self.a8ctl("action-add", "--source", "reviews:v2", "--destination", "ratings",
+                   "--cookie", "user=jason", "--action", "v1(1->delay={})".format(delay),
+                   "--wait")
+        jason, other = self.page("jason"), self.page()
+        self.show("jason", jason)
+        self.show("(guest)", other)
+        print("  (productpage gives reviews 3 s and tries twice, as bookinfo does)")
+        self.expect(3, jason.get("reviews") == "unavailable" and jason["seconds"] >= 2.5
+                    and other.get("reviews") == "ok" and other["seconds"] < 2.5,
+                    "jason's reviews time out after productpage's 3 s; others are unaffected")
+        self.a8ctl("action-clear", "--destination", "ratings", "--wait")
+
+        print("\n== 4. shifting reviews from v1 to v3", flush=True)
+        samples = 200
+        self.a8ctl("route-set", "reviews", "--default", "v1", "--wait")
+        self.a8ctl("traffic-start", "reviews", "v3", "--amount", "25", "--wait")
+        for percent in (25, 50, 75, 100):
+            if percent > 25:
+                self.a8ctl("traffic-step", "reviews", "--amount", "25", "--wait")
+            seen = [self.page().get("reviews-version") for _ in range(samples)]
+            share = seen.count("v3") / len(seen)
+            bar = "#" * int(round(share * 40))
+            print("  v3 share: {:3d} % (target {:3d} %) {}".format(int(round(share * 100)),
+                                                                   percent, bar), flush=True)
+            expected = percent / 100.0
+            bound = 4 * math.sqrt(max(expected * (1 - expected), 0.0001) / len(seen)) + 0.02
+            self.expect(4, abs(share - expected) <= bound,
+                        "v3 share {:.2f} within {:.2f} of {:.2f}".format(share, bound, expected))
+        return not self.failures
+
+
+def _quote(arg):
+    return "'{}'".format(arg) if any(c in arg for c in " ()\"=|>") else arg
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="leave the registry running")
+    parser = argparse.ArgumentParser(description="The amalgam8 bookinfo demo.")
+    parser.add_argument("--keep", action="store_true", help="leave the mesh running")
+    parser.add_argument("--fast", action="store_true", help="shorter waits (tests)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a step fails")
+    parser.add_argument("--json", action="store_true", help="print RESULT lines as JSON")
     args = parser.parse_args()
 
-    port = free_port()
-    base = "http://127.0.0.1:{}".format(port)
+    for tool, what in ((shutil.which("nginx") or "/usr/sbin/nginx", "nginx"),
+                       (A8CTL, "a8ctl"), (TWISTD, "twistd")):
+        if not os.path.exists(tool):
+            sys.exit("demo: {} is missing; run make setup".format(what))
     workdir = tempfile.mkdtemp(prefix="a8demo-")
-    command = [TWISTD, "-n", "--pidfile=", "--logger", "amalgam8.logs.json_observer",
-               "a8registry", "--listen", "tcp:{}:interface=127.0.0.1".format(port),
-               "--min-ttl", "2s"]
-    log = open(os.path.join(workdir, "registry.log"), "w")
-    registry = subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    mesh = Mesh(workdir, args.fast)
+    demo = Demo(mesh, args.check, args.json)
+    ok = False
+    interrupted = False
     try:
-        for _ in range(100):
-            try:
-                if call("GET", base + "/uptime")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise SystemExit("the registry did not start; see " + log.name)
-        print("a8registry is running at {} (log: {})".format(base, log.name))
-
-        step("register the bookinfo services")
-        services = [("productpage", "v1", 9080), ("details", "v1", 9081),
-                    ("reviews", "v1", 9082), ("reviews", "v2", 9083),
-                    ("reviews", "v3", 9084), ("ratings", "v1", 9085)]
-        ids = {}
-        for name, tag, p in services:
-            body = {"service_name": name, "endpoint": {"type": "http",
-                    "value": "127.0.0.1:{}".format(p)}, "tags": [tag], "ttl": 60}
-            status, _, text = show("POST", base + "/api/v1/instances", body)
-            ids[(name, tag)] = json.loads(text)["id"]
-
-        step("list services, then the instances of reviews tagged v2")
-        show("GET", base + "/api/v1/services")
-        show("GET", base + "/api/v1/instances?service_name=reviews&tags=v2&fields=tags")
-
-        step("a blocking read: wait for the next change after the current index")
-        _, headers, _ = call("GET", base + "/api/v1/instances")
-        index = headers.get("A8-Index")
-        started = time.monotonic()
-
-        def register_later():
-            time.sleep(1.0)
-            call("POST", base + "/api/v1/instances", {
-                "service_name": "ratings", "endpoint": {"type": "http",
-                "value": "127.0.0.1:9086"}, "tags": ["v2"], "ttl": 2})
-
-        threading.Thread(target=register_later, daemon=True).start()
-        show("GET", base + "/api/v1/instances?service_name=ratings&wait=30s&index=" + index)
-        print("  answered after {:.2f} s, when ratings v2 registered".format(
-            time.monotonic() - started))
-
-        step("heartbeat, then let ratings v2 (ttl 2 s) expire")
-        show("PUT", base + "/api/v1/instances/{}/heartbeat".format(ids[("ratings", "v1")]))
-        time.sleep(3.2)
-        show("GET", base + "/api/v1/instances?service_name=ratings&fields=tags")
-
-        step("metrics")
-        _, _, text = call("GET", base + "/metrics")
-        for line in text.splitlines():
-            if line.startswith(("a8_registry_instances", "a8_registry_registrations_total",
-                                "a8_registry_expirations_total")):
-                print("  " + line)
-
+        print("Starting the registry, the controller, bookinfo and the gateway "
+              "(logs in {}) ...".format(workdir), flush=True)
+        mesh.start()
+        print("The mesh is up: product page at {}/productpage/productpage".format(mesh.gateway))
+        ok = demo.run(args.fast)
         if args.keep:
-            print("\nThe registry keeps running at {} (pid {}).".format(base, registry.pid))
-            print("  export A8_REGISTRY_URL={}".format(base))
-            print("  stop it with: kill {}".format(registry.pid))
-            registry = None
-        else:
-            print("\nDone; stopping the registry.")
+            print("\nThe mesh keeps running:")
+            print("  product page: {}/productpage/productpage".format(mesh.gateway))
+            print("  export A8_REGISTRY_URL={} A8_CONTROLLER_URL={}".format(
+                mesh.registry, mesh.controller))
+            print("  stop it with: kill -- " + " ".join(
+                "-{}".format(c.pid) for _, c in mesh.children))
+            return 0
+    except StepFailed as e:
+        print("demo: " + str(e), file=sys.stderr)
+        demo.failures.append(str(e))
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted; stopping everything", flush=True)
     finally:
-        if registry is not None:
-            registry.send_signal(signal.SIGTERM)
-            try:
-                registry.wait(10)
-            except subprocess.TimeoutExpired:
-                registry.kill()
+        if not (args.keep and ok):
+            mesh.stop()
+    if interrupted:
+        return 130
+    if demo.failures:
+        print("demo: {} step(s) failed:\n  {}".format(len(demo.failures),
+              "\n  ".join(demo.failures)), file=sys.stderr)
+        return 1 if args.check else 0
+    print("\nDone: everything stopped.")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(main())
