@@ -106,6 +106,9 @@ class LoadTests(SynchronousTestCase):
         self.bad({"A8_SERVICE": "a", "A8_REGISTER": "true",
                   "A8_REGISTRY_URL": "http://r:1"}, "A8_ENDPOINT_PORT")
         self.bad(dict(BASE), "--endpoint-port", flags={"endpoint_port": "0"})
+        # nginx cannot listen on port 0; only the debug API may be turned off with it.
+        self.bad(dict(BASE, A8_PROXY_PORT="0"), "A8_PROXY_PORT")
+        self.bad(dict(BASE, A8_PROXY_ADMIN_PORT="0"), "A8_PROXY_ADMIN_PORT")
 
     def test_bad_files(self):
         """A missing file, bad YAML and unknown keys are refused."""

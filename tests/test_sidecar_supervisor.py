@@ -209,6 +209,34 @@ class ProxyTests(SupervisorTestsMixin, SynchronousTestCase):
         self.assertEqual(self.last("proxy").signals, [signal.SIGQUIT, signal.SIGKILL])
         self.last("proxy").end(signal=signal.SIGKILL)
 
+    def test_kill_group_proxy_leftovers_are_killed(self):
+        """
+        A kill_group proxy runs as a group leader; when it dies, what is left of its group
+        (nginx workers orphaned by a killed master, which keep its ports) gets SIGKILL before
+        the restart. Stop signals go to the group.
+        """
+        self.supervisor.add_proxy(NGINX, kill_group=True)
+        self.supervisor.startService()
+        first = self.last("proxy")
+        self.assertEqual(first.args, group_leader_argv(NGINX))
+        pid = first.pid
+        first.end(signal=signal.SIGKILL)
+        self.assertEqual(self.killpg, [(pid, signal.SIGKILL)])
+        self.reactor.advance(1)
+        second = self.last("proxy")
+        self.assertIsNot(second, first)
+        Deferred.fromCoroutine(self.supervisor.stop_proxy())
+        self.assertEqual(self.killpg[1:], [(second.pid, signal.SIGQUIT)])
+
+    def test_proxy_without_kill_group_leaves_groups_alone(self):
+        """A proxy added without kill_group is never signalled as a group."""
+        self.supervisor.add_proxy(NGINX)
+        self.supervisor.startService()
+        self.last("proxy").end(1)
+        self.reactor.advance(1)
+        Deferred.fromCoroutine(self.supervisor.stop_proxy())
+        self.assertEqual(self.killpg, [])
+
 
 class AppTests(SupervisorTestsMixin, SynchronousTestCase):
     """App children: started by start_apps, output passed on, on_exit policies, signals."""

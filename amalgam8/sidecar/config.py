@@ -325,7 +325,8 @@ def load(flags, environ=None, app=()):
             values[key] = _port(merged[key], where(key))
     for key in ("proxy_port", "proxy_admin_port", "debug_port"):
         if key in merged:
-            values[key] = _port(merged[key], where(key), allow_zero=True)
+            # Only the debug API can be off (0): nginx refuses to listen on port 0.
+            values[key] = _port(merged[key], where(key), allow_zero=key == "debug_port")
     for key in ("registry_poll", "controller_poll", "stop_timeout"):
         if key in merged:
             values[key] = _duration(merged[key], where(key))
