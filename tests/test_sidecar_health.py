@@ -337,8 +337,21 @@ class TCPCheckTests(HealthCheckerTestCase):
         self.reactor.advance(5)
         self.assertEqual(self.result(checker), (False, "no answer within 5s"))
         self.assertTrue(connector.stoppedConnecting)
-        [next_run] = self.reactor.getDelayedCalls()
-        self.assertEqual(next_run.getTime(), 1030)
+        # Never passed yet (the app may still be starting): tried again at once (a second
+        # connection attempt, with its own 5 s timeout), not 30 s on.
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertIn(1010, [call.getTime() for call in self.reactor.getDelayedCalls()])
+
+    def test_interval_after_first_pass(self):
+        """Once a check has passed, a failure is checked again a whole interval later."""
+        checker = self.start(HealthCheck("tcp", "127.0.0.1:5432", timeout=5, interval=30))
+        _, _, factory, connector, _ = self.connection()
+        factory.buildProtocol(None).makeConnection(StringTransport())
+        self.assertEqual(self.result(checker), (True, None))
+        self.reactor.advance(30)
+        self.reactor.advance(5)
+        self.assertEqual(self.result(checker), (False, "no answer within 5s"))
+        self.assertEqual([call.getTime() for call in self.reactor.getDelayedCalls()], [1060])
 
     def test_resolves_names(self):
         """The host is resolved without blocking, through the reactor's resolver; IPv6

@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 
 __all__ = ["HealthChecker", "CheckFailed", "split_host_port"]
 
+STARTUP_RECHECK = 1.0   # seconds between tries of a check that has never passed
+
 OUTPUT_LIMIT = 4096
 
 
@@ -125,6 +127,7 @@ class HealthChecker(Service):
     _results: list = attrs.field(init=False)
     _timers: dict = attrs.field(init=False, factory=dict)
     _inflight: dict = attrs.field(init=False, factory=dict)
+    _ever_passed: dict = attrs.field(init=False, factory=dict)
 
     @_results.default
     def _no_results(self):
@@ -262,8 +265,15 @@ class HealthChecker(Service):
             self._record(index, False, why, now, started)
         else:
             self._record(index, True, None, now, started)
+        interval = check.interval
+        if not self._results[index].passed and not self._ever_passed.get(index):
+            # Until a check has passed once (the app is still starting), check again soon
+            # rather than a whole interval later: registration waits on it.
+            interval = min(interval, STARTUP_RECHECK)
+        elif self._results[index].passed:
+            self._ever_passed[index] = True
         self._timers[index] = self._reactor.callLater(
-            max(0.0, started + check.interval - now), self._run, index)
+            max(0.0, started + interval - now), self._run, index)
         self._update()
         return None
 
