@@ -197,3 +197,7 @@ class SidecarTests(SynchronousTestCase):
         self.assertTrue(state["registration"]["registered"])
         self.assertEqual(len(state["children"]), 2)
         self.assertIsNotNone(state["routes"]["pushed"])
+        response = self.successResultOf(debug.get("http://127.0.0.1:6116/metrics"))
+        text = self.successResultOf(response.text())
+        self.assertIn("a8_sidecar_proxy_pushes_total 1.0", text)
+        self.assertIn("a8_sidecar_registered 1.0", text)

@@ -29,6 +29,42 @@ class DebugAPI:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(self._sidecar.debug_state(), indent=2, default=str).encode()
 
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        """The sidecar's own numbers in the Prometheus text format."""
+        state = self._sidecar.debug_state()
+        lines = []
+
+        def add(name, kind, text, value):
+            if value is None:
+                return
+            lines.append("# HELP a8_sidecar_{} {}".format(name, text))
+            lines.append("# TYPE a8_sidecar_{} {}".format(name, kind))
+            lines.append("a8_sidecar_{} {}".format(name, float(value)))
+
+        routes = state.get("routes") or {}
+        pushed = routes.get("pushed") or {}
+        add("proxy_pushes_total", "counter", "States pushed to the proxy.", routes.get("pushes"))
+        add("proxy_push_failures_total", "counter", "Pushes the proxy refused or missed.",
+            routes.get("push_failures"))
+        add("rules_revision", "gauge", "Rule revision the proxy holds.", pushed.get("revision"))
+        add("instances_index", "gauge", "Registry index the proxy holds.", pushed.get("index"))
+        traces = state.get("traces") or {}
+        add("trace_records_shipped_total", "counter", "Trace records sent to the controller.",
+            traces.get("shipped"))
+        add("trace_records_dropped_total", "counter", "Trace records dropped.",
+            traces.get("dropped"))
+        registration = state.get("registration")
+        if registration is not None:
+            add("registered", "gauge", "1 while registered.",
+                1 if registration.get("registered") else 0)
+        for child in state.get("children", []):
+            if child.get("kind") == "proxy":
+                add("proxy_restarts_total", "counter", "Times nginx was restarted.",
+                    child.get("restarts"))
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return ("\n".join(lines) + "\n").encode()
+
     @app.route("/health", methods=["GET"])
     def health(self, request):
         request.setHeader(b"content-type", b"application/json")
