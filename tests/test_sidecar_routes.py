@@ -30,8 +30,10 @@ class Switchable(Resource):
         Resource.__init__(self)
         self.inner = inner
         self.down = False
+        self.seen = []
 
     def render(self, request):
+        self.seen.append((request.method, request.path))
         if self.down:
             request.setResponseCode(503)
             return b'{"error":"down"}'
@@ -124,7 +126,8 @@ class RouteManagerTests(SynchronousTestCase):
                          ["10.0.0.9:80"])
 
     def test_burst_coalesced(self):
-        """Changes that arrive together are pushed once."""
+        """The first change after a quiet spell is pushed at once; the changes that follow
+        it within the coalescing window are pushed together once."""
         self.start(coalesce=0.5)
         before = len(self.pushed)
         for n in range(5):
@@ -134,6 +137,12 @@ class RouteManagerTests(SynchronousTestCase):
         self.settle(0.5)
         self.assertEqual(len(self.pushed) - before, 1)
         self.assertEqual(len(self.pushed[-1]["instances"]), 5)
+        # After a quiet second, the next change goes out at once (no timer to wait for).
+        self.advance(1)
+        count = len(self.pushed)
+        self.register("10.0.0.9:80")
+        self.registry_http.flush()
+        self.assertEqual(len(self.pushed), count + 1)
 
     def test_controller_down_keeps_state(self):
         """With the controller down nothing is pushed; the proxy keeps its last state,
@@ -186,6 +195,7 @@ class RouteManagerTests(SynchronousTestCase):
         """After a push the controller knows what the proxy applied."""
         self.add_rule(route_rule("r1"))
         self.start()
+        self.settle(0.1)        # reports go out within report_delay (0.5 s), jittered
         response = self.successResultOf(self.controller_http.get(
             "http://controller/v1/rules/status"))
         status = json.loads(self.successResultOf(response.content()))
@@ -199,7 +209,8 @@ class RouteManagerTests(SynchronousTestCase):
             isLeaf = True
 
             def render(self, request):
-                calls.append(request.args)
+                if request.method == b"GET":
+                    calls.append(request.args)
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps({"rules": [route_rule("old")]}).encode()
 
@@ -212,6 +223,29 @@ class RouteManagerTests(SynchronousTestCase):
         self.assertEqual(len(calls), before + 1)
         self.assertFalse(manager.debug_state()["rules"]["blocking"])
         self.assertNotIn(b"wait", calls[-1])
+
+    def test_reports_coalesced(self):
+        """A burst of pushes is reported once, within report_delay."""
+        class Latest:
+            """Jitter at its largest: the report goes out report_delay after the push."""
+
+            def uniform(self, low, high):
+                return high
+
+        manager = self.start(coalesce=0.001, random=Latest())
+        self.settle(0.2)
+
+        def reports():
+            return [seen for seen in self.controller.seen if seen[0] == b"PUT"]
+
+        before = len(reports())
+        pushes = manager.pushes
+        for n in range(5):
+            self.register("10.1.0.{}:80".format(n))
+            self.settle(0.0005)
+        self.assertGreater(manager.pushes, pushes + 1)
+        self.settle(0.2)
+        self.assertEqual(len(reports()) - before, 1)
 
     def test_stop_leaves_no_timers(self):
         """A stopped manager leaves no delayed call and no open read."""

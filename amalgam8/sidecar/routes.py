@@ -50,13 +50,14 @@ class RouteManager(Service):
     @param service: this sidecar's service name and C{tags}, for the report.
     @param coalesce: seconds to wait after a change for more changes before pushing.
     @param report_interval: seconds between status reports when nothing changes.
+    @param report_delay: a push is reported within this many seconds (jittered, coalesced).
     """
 
     log = Logger()
 
     def __init__(self, clock, registry, controller, push, proxy_id, service, tags=(),
                  registry_poll=15.0, controller_poll=15.0, coalesce=0.005,
-                 report_interval=30.0, wait=WAIT, random=None):
+                 report_interval=30.0, wait=WAIT, random=None, report_delay=0.5):
         self._clock = clock
         self._registry = registry
         self._controller = controller
@@ -66,6 +67,8 @@ class RouteManager(Service):
         self.tags = tuple(tags)
         self._coalesce = coalesce
         self._report_interval = report_interval
+        self._report_delay = report_delay
+        self._soon_call = None
         self._wait = wait
         self._random = random or _random.Random()
         self._rules = _Side("controller", controller_poll)
@@ -99,7 +102,7 @@ class RouteManager(Service):
         for loop in self._loops:
             loop.cancel()
         self._loops = []
-        for name in ("_push_call", "_report_call"):
+        for name in ("_push_call", "_report_call", "_soon_call"):
             call = getattr(self, name)
             if call is not None and call.active():
                 call.cancel()
@@ -178,7 +181,14 @@ class RouteManager(Service):
         if self._rules.value is None or self._instances.value is None:
             return
         if self._push_call is None and self._pushing is None:
-            self._push_call = self._clock.callLater(self._coalesce, self._push)
+            # Leading edge: a change after a quiet spell is pushed at once; changes that
+            # follow within the coalescing window go out together at its end.
+            since = (self._clock.seconds() - self.applied_at
+                     if self.applied_at is not None else None)
+            if since is None or since >= self._coalesce:
+                self._push()
+            else:
+                self._push_call = self._clock.callLater(self._coalesce - since, self._push)
 
     def proxy_restarted(self):
         """The proxy came (back) up empty: push the current state again at once."""
@@ -237,7 +247,7 @@ class RouteManager(Service):
                 waiter.callback(None)
         if self._dirty:
             self._push_call = self._clock.callLater(self._coalesce, self._push)
-        self._report()
+        self._report_soon()
 
     # -- status reports (B2) -------------------------------------------------------------
 
@@ -256,6 +266,23 @@ class RouteManager(Service):
         d = Deferred.fromCoroutine(self._controller.report(self.proxy_id, self._report_body()))
         d.addErrback(lambda f: self.log.debug("status report failed: {error}",
                                               error=f.getErrorMessage()))
+
+    def _report_soon(self):
+        """
+        Report what was applied within C{report_delay} (a random share of it): a burst of
+        pushes is reported once, and a thousand sidecars woken by one change do not all
+        call the controller at the same moment it is answering their reads.
+        """
+        if self._report_delay <= 0:
+            self._report()
+            return
+        if self._soon_call is None:
+            self._soon_call = self._clock.callLater(
+                self._random.uniform(0, self._report_delay), self._report_now)
+
+    def _report_now(self):
+        self._soon_call = None
+        self._report()
 
     def _periodic_report(self):
         self._report_call = self._clock.callLater(self._report_interval, self._periodic_report)
