@@ -79,6 +79,13 @@ def _lua_string(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _nginx_string(text):
+    """A double-quoted nginx string holding C{text} (nginx cannot escape C{$} in a string
+    that takes variables, so a C{$} is written as C{%24})."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "%24")
+    return '"' + escaped + '"'
+
+
 def _listen(address, port):
     if ":" in address and not address.startswith("["):
         address = "[{}]".format(address)
@@ -170,6 +177,19 @@ http {{
     # Header conditions are matched with compiled regexes cached per worker: room for many.
     lua_regex_cache_max_entries 8192;
     log_format a8 escape=none '$a8_log';
+    # The common record (no actions, retries or trace) is written by nginx itself.
+    log_format a8_plain escape=json '{{"status":$status,"timestamp_in_ms":$a8_msec,'
+        '"request_time":$request_time,"upstream_response_time":"$upstream_response_time",'
+        '"src":"$a8_src","dst":"$a8_dst","upstream_addr":"$upstream_addr",'
+        '"upstream_status":"$upstream_status","method":"$request_method","path":"$uri",'
+        '"request_id":"$a8_request_id","actions":"","retries":0}}';
+    map $msec $a8_msec {{
+        "~^(?<a8_s>[0-9]+)[.](?<a8_ms>[0-9]+)$" "$a8_s$a8_ms";
+        default 0;
+    }}
+    map "" $a8_src {{
+        default {src_label};
+    }}
 
     init_by_lua_block {{
         require "resty.core"
@@ -211,7 +231,9 @@ http {{
         set $a8_dst_name "";
         set $a8_path "/";
         set $a8_request_id "";
+        set $a8_plain "";
         access_log {access_log} a8{log_buffer} if=$a8_log;
+        access_log {access_log} a8_plain{log_buffer} if=$a8_plain;
         # At server level, so that requests nginx rejects before any location (a malformed
         # request line, say) are logged too.
         log_by_lua_block {{
@@ -266,6 +288,9 @@ http {{
         keepalive=config.keepalive,
         proxy_listen=_listen(config.address, config.port),
         access_log=config.access_log_path,
+        src_label=_nginx_string(
+            "{}:{}".format(config.service_name, ",".join(config.service_tags))
+            if config.service_name else ""),
         log_buffer=(" buffer={} flush={}ms".format(config.log_buffer,
                                                     int(config.log_flush * 1000))
                     if config.log_buffer else ""),

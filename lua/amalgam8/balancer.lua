@@ -151,6 +151,7 @@ function _M.balance()
     end
     tried[inst.addr] = true
     ctx.a8_attempts = (ctx.a8_attempts or 0) + 1
+    ctx.a8_peer = inst.addr
     if backend.lb == "least_request" then
         shared:incr("act:" .. inst.addr, 1, 0)
         ctx.a8_holding = inst.addr
@@ -162,7 +163,13 @@ function _M.balance()
     end
 end
 
+-- Instances this worker has counted errors for: a success resets their count. (With one
+-- worker, the default, this is exact; with several, a success seen by one worker does not
+-- reset what another counted, which only makes ejection a little quicker.)
+local erred = {}
+
 local function failed(backend, addr)
+    erred[addr] = true
     local count = shared:incr("err:" .. addr, 1, 0)
     if count and count >= backend.consecutive_errors then
         -- Never more than half of the pool out at once.
@@ -210,13 +217,26 @@ function _M.after()
     release(ctx)
     local backend = ctx.a8_backend
     if not backend or not ctx.a8_tried then return end
+    if ctx.a8_attempts == 1 and not ctx.a8_budget_exhausted then
+        -- The common case, one attempt: its status alone, with no list to parse.
+        local code = tonumber(ngx.var.upstream_status)
+        local addr = ctx.a8_peer
+        if code and code >= 500 then
+            failed(backend, addr)
+        elseif code and erred[addr] then
+            erred[addr] = nil
+            shared:delete("err:" .. addr)
+        end
+        return
+    end
     for _, attempt in ipairs(_M.attempts()) do
         local addr, code = attempt[1], tonumber(attempt[2])
         -- A connection failure is 502 and a timeout 504; no status at all (the client
         -- went away first) says nothing about the instance.
         if code and code >= 500 then
             failed(backend, addr)
-        elseif code then
+        elseif code and erred[addr] then
+            erred[addr] = nil
             shared:delete("err:" .. addr)
         end
     end
