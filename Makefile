@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the test suite needs, and those the benchmarks need on top.
 TEST_DEBS := nginx-core libnginx-mod-http-lua lua-resty-core lua-cjson
-BENCH_DEBS := wrk
+BENCH_DEBS := wrk haproxy nghttp2-client
 TRIAL_ARGS ?= tests
 
 .PHONY: setup test bench demo debs bench-debs clean
@@ -33,11 +33,11 @@ bench-debs:
 test: setup
 	$(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
 
+BENCHMARKS ?= registry controller proxy propagation
+
 bench: setup bench-debs
-	@for script in bench/*; do \
-	  case "$$script" in *.lua|*.md|*/__pycache__) continue;; esac; \
-	  [ -x "$$script" ] || continue; \
-	  echo "== $$script"; $(PY) $$script || exit 1; \
+	@for name in $(BENCHMARKS); do \
+	  echo "== bench/$$name"; $(PY) bench/$$name || exit 1; \
 	done
 
 demo: setup
