@@ -212,6 +212,17 @@ function _M.attempts()
 end
 
 -- After the request (log phase): outcome bookkeeping for ejection and least request.
+-- One attempt's outcome. A connection failure is 502 and a timeout 504; no status at all
+-- (the client went away first) says nothing about the instance.
+local function outcome(backend, addr, code)
+    if code and code >= 500 then
+        failed(backend, addr)
+    elseif code and erred[addr] then
+        erred[addr] = nil
+        shared:delete("err:" .. addr)
+    end
+end
+
 function _M.after()
     local ctx = ngx.ctx
     release(ctx)
@@ -219,26 +230,11 @@ function _M.after()
     if not backend or not ctx.a8_tried then return end
     if ctx.a8_attempts == 1 and not ctx.a8_budget_exhausted then
         -- The common case, one attempt: its status alone, with no list to parse.
-        local code = tonumber(ngx.var.upstream_status)
-        local addr = ctx.a8_peer
-        if code and code >= 500 then
-            failed(backend, addr)
-        elseif code and erred[addr] then
-            erred[addr] = nil
-            shared:delete("err:" .. addr)
-        end
+        outcome(backend, ctx.a8_peer, tonumber(ngx.var.upstream_status))
         return
     end
     for _, attempt in ipairs(_M.attempts()) do
-        local addr, code = attempt[1], tonumber(attempt[2])
-        -- A connection failure is 502 and a timeout 504; no status at all (the client
-        -- went away first) says nothing about the instance.
-        if code and code >= 500 then
-            failed(backend, addr)
-        elseif code and erred[addr] then
-            erred[addr] = nil
-            shared:delete("err:" .. addr)
-        end
+        outcome(backend, attempt[1], tonumber(attempt[2]))
     end
 end
 
