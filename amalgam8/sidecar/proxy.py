@@ -232,6 +232,7 @@ http {{
         set $a8_path "/";
         set $a8_request_id "";
         set $a8_plain "";
+        set $a8_cookie "";
         access_log {access_log} a8{log_buffer} if=$a8_log;
         access_log {access_log} a8_plain{log_buffer} if=$a8_plain;
         # At server level, so that requests nginx rejects before any location (a malformed
@@ -244,9 +245,8 @@ http {{
             rewrite_by_lua_block {{
                 require("amalgam8.router").route()
             }}
-            header_filter_by_lua_block {{
-                require("amalgam8.router").header_filter()
-            }}
+            # The sticky version cookie the router chose (an empty value adds nothing).
+            add_header Set-Cookie $a8_cookie always;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;

@@ -205,8 +205,10 @@ function _M.route()
     end
     ctx.a8_backend = backend
     var.a8_dst = backend.dst
-    if #backend.tags > 0 then
-        ctx.a8_cookie = "version=" .. backend.label .. "; Path=/"
+    local cookie = backend.cookie
+    if cookie then
+        -- nginx adds it to the response (add_header ... always): no header filter phase.
+        var.a8_cookie = cookie
     end
 
     local actions = s.actions[dest]
@@ -229,21 +231,6 @@ function _M.route()
     var.a8_dst_name = dest
     balancer.started(dest)
     var.a8_path = rest
-end
-
-function _M.header_filter()
-    local cookie = ngx.ctx.a8_cookie
-    if cookie then
-        local existing = ngx.header["Set-Cookie"]
-        if existing == nil then
-            ngx.header["Set-Cookie"] = cookie
-        elseif type(existing) == "table" then
-            existing[#existing + 1] = cookie
-            ngx.header["Set-Cookie"] = existing
-        else
-            ngx.header["Set-Cookie"] = {existing, cookie}
-        end
-    end
 end
 
 return _M

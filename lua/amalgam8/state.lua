@@ -329,6 +329,8 @@ local function compile(state)
                         tags = b.tags,
                         tag_list = table_concat(b.tags, ","),
                         label = name .. "-" .. table_concat(b.tags, ","),
+                        cookie = #b.tags > 0 and ("version=" .. name .. "-" ..
+                            table_concat(b.tags, ",") .. "; Path=/") or nil,
                         dst = name .. ":" .. table_concat(b.tags, ","),
                         weight = b.weight,
                         timeout = timeout,
