@@ -280,6 +280,13 @@ def main():
                        (A8CTL, "a8ctl"), (TWISTD, "twistd")):
         if not os.path.exists(tool):
             sys.exit("demo: {} is missing; run make setup".format(what))
+    # Ctrl-C (and a TERM) stop the demo and everything it started, even where the shell
+    # started us with SIGINT ignored.
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     workdir = tempfile.mkdtemp(prefix="a8demo-")
     mesh = Mesh(workdir, args.fast)
     demo = Demo(mesh, args.check, args.json)
@@ -307,6 +314,9 @@ def main():
         print("\ninterrupted; stopping everything", flush=True)
     finally:
         if not (args.keep and ok):
+            # A second Ctrl-C must not cut the clean-up short.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             mesh.stop()
     if interrupted:
         return 130
