@@ -95,6 +95,9 @@ class _Base:
                 headers=_headers(self.token, body is not None, extra_headers),
                 timeout=timeout if timeout is not None else self.timeout,
                 reactor=self.reactor,
+                # The APIs never redirect but to demand HTTPS; following that would turn a
+                # POST into a GET. It is reported instead (and skips a wrapper per call).
+                allow_redirects=False,
             )
             content = await response.content()
         except (APIError, CancelledError):
