@@ -149,6 +149,57 @@ def check_token(request, expected, what="this endpoint"):
         raise Unauthorized("{} needs its token".format(what))
 
 
+def json_answer(request, data):
+    """Answer C{data} (encoded JSON) with a Content-Length (no chunked encoding)."""
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
+
+
+def answer_failure(request, failure, error_body, log):
+    """
+    The one place a Klein API turns an exception into an answer: domain errors get their
+    status, unknown routes 404, wrong methods 405 (with C{Allow}), a cancelled request
+    nothing, and anything else is logged as a bug and answered 500.
+
+    @param error_body: C{(error_id, message) -> bytes}, the API's error shape.
+    """
+    from twisted.internet.defer import CancelledError
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    from amalgam8.errors import A8Error
+
+    if failure.check(A8Error):
+        error = failure.value
+        request.setResponseCode(error.status)
+        if error.status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
+        return json_answer(request, error_body(error.error_id, error.message))
+    if failure.check(NotFound):
+        request.setResponseCode(404)
+        return json_answer(request, error_body("error_not_found", "no such endpoint"))
+    if failure.check(MethodNotAllowed):
+        request.setResponseCode(405)
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        return json_answer(request, error_body("error_method_not_allowed",
+                                               "method not allowed"))
+    if failure.check(CancelledError):
+        return b""
+    log.failure("unexpected error answering {method} {uri}", failure,
+                method=request.method, uri=request.uri)
+    request.setResponseCode(500)
+    return json_answer(request, error_body("error_internal", "internal error"))
+
+
+def metrics_answer(request, metrics, token):
+    """C{GET /metrics}: the Prometheus text, behind C{token} when one is set."""
+    if token is not None:
+        check_token(request, token, "GET /metrics")
+    request.setHeader(b"content-type", metrics.content_type)
+    return metrics.render()
+
+
 def route_name(name):
     """
     Name a Klein handler's route for metrics (decorate below C{@app.route}).

@@ -12,7 +12,6 @@ from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
-from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from amalgam8.controller.model import encode
 from amalgam8.controller.proxies import ProxyReports
@@ -27,14 +26,16 @@ from amalgam8.errors import (
 from amalgam8.rules import SCHEMA_BYTES, InvalidRule, kind_of, validate_rules
 from amalgam8.web import (
     Front,
-    blocking_params,
-    wait_for_newer,
     Metrics,
-    check_token,
+    answer_failure,
+    blocking_params,
     controller_error,
+    json_answer,
     json_body,
+    metrics_answer,
     query,
     route_name,
+    wait_for_newer,
 )
 
 __all__ = ["ControllerAPI"]
@@ -116,35 +117,9 @@ class ControllerAPI:
 
     # -- errors --------------------------------------------------------------------------
 
-    @app.handle_errors(A8Error)
-    def _domain_error(self, request, failure):
-        error = failure.value
-        request.setResponseCode(error.status)
-        if error.status == 401:
-            request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
-        return _body(request, controller_error(error.error_id, error.message))
-
-    @app.handle_errors(RouteNotFound)
-    def _no_route(self, request, failure):
-        request.setResponseCode(404)
-        return _body(request, controller_error("error_not_found", "no such endpoint"))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        request.setResponseCode(405)
-        allowed = failure.value.valid_methods or []
-        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        return _body(request, controller_error("error_method_not_allowed",
-                                               "method not allowed"))
-
     @app.handle_errors(Exception)
-    def _bug(self, request, failure):
-        if failure.check(CancelledError):
-            return b""
-        self.log.failure("unexpected error answering {method} {uri}", failure,
-                         method=request.method, uri=request.uri)
-        request.setResponseCode(500)
-        return _body(request, controller_error("error_internal", "internal error"))
+    def _failed(self, request, failure):
+        return answer_failure(request, failure, controller_error, self.log)
 
     # -- health, metrics, schema ---------------------------------------------------------
 
@@ -157,10 +132,7 @@ class ControllerAPI:
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
     async def metrics(self, request):
-        if self._metrics_token is not None:
-            check_token(request, self._metrics_token, "GET /metrics")
-        request.setHeader(b"content-type", self._metrics.content_type)
-        return self._metrics.render()
+        return metrics_answer(request, self._metrics, self._metrics_token)
 
     @app.route("/v1/schema", methods=["GET"])
     @route_name("schema")
@@ -623,10 +595,7 @@ def _rules_body(rules, revision):
     return encode({"rules": rules, "revision": revision}).encode("utf-8")
 
 
-def _body(request, data):
-    request.setHeader(b"content-type", _JSON)
-    request.setHeader(b"content-length", b"%d" % len(data))
-    return data
+_body = json_answer
 
 
 def _proxy_report(body):

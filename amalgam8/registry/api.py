@@ -8,15 +8,24 @@ from importlib import resources
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
-from amalgam8.errors import A8Error, InvalidRequest, NotFound
+from amalgam8.errors import InvalidRequest, NotFound
 from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
-from amalgam8.web import Metrics, blocking_params, check_token, wait_for_newer, json_body, query, route_name
+from amalgam8.web import (
+    Metrics,
+    answer_failure,
+    blocking_params,
+    json_answer,
+    metrics_answer,
+    json_body,
+    query,
+    registry_error,
+    route_name,
+    wait_for_newer,
+)
 
 __all__ = ["RegistryAPI", "TTLPolicy"]
 
@@ -82,34 +91,9 @@ class RegistryAPI:
 
     # -- errors -----------------------------------------------------------------------------
 
-    @app.handle_errors(A8Error)
-    def _domain_error(self, request, failure):
-        error = failure.value
-        request.setResponseCode(error.status)
-        if error.status == 401:
-            request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
-        return _error(request, error.message)
-
-    @app.handle_errors(RouteNotFound)
-    def _no_route(self, request, failure):
-        request.setResponseCode(404)
-        return _error(request, "no such endpoint")
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        request.setResponseCode(405)
-        allowed = failure.value.valid_methods or []
-        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-        return _error(request, "method not allowed")
-
     @app.handle_errors(Exception)
-    def _bug(self, request, failure):
-        if failure.check(CancelledError):
-            return b""
-        self.log.failure("unexpected error answering {method} {uri}", failure,
-                         method=request.method, uri=request.uri)
-        request.setResponseCode(500)
-        return _error(request, "internal error")
+    def _failed(self, request, failure):
+        return answer_failure(request, failure, registry_error, self.log)
 
     # -- liveness, metrics, description ------------------------------------------------------
 
@@ -123,10 +107,7 @@ class RegistryAPI:
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
     async def metrics(self, request):
-        if self._metrics_token is not None:
-            check_token(request, self._metrics_token, "GET /metrics")
-        request.setHeader(b"content-type", self._metrics.content_type)
-        return self._metrics.render()
+        return metrics_answer(request, self._metrics, self._metrics_token)
 
     @app.route("/openapi.json", methods=["GET"])
     @route_name("openapi")
@@ -284,15 +265,7 @@ def _json(request, value):
     return _body(request, json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
 
-def _body(request, data):
-    """Answer C{data} as JSON with a Content-Length (no chunked encoding)."""
-    request.setHeader(b"content-type", _JSON)
-    request.setHeader(b"content-length", b"%d" % len(data))
-    return data
-
-
-def _error(request, message):
-    return _json(request, {"Error": message})
+_body = json_answer
 
 
 def _json_instances(request, head, instances, fields):

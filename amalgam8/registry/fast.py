@@ -6,13 +6,11 @@ URL routing and coroutine machinery. Everything else goes on to the Klein app. I
 exactly as the Klein route would (the API tests run against both).
 """
 
-import json
-
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from amalgam8.errors import A8Error
-from amalgam8.web import Front
+from amalgam8.web import Front, registry_error
 
 __all__ = ["RegistryFront"]
 
@@ -69,7 +67,7 @@ class RegistryFront(Front):
     def _not_renewed(self, failure, request, started):
         if failure.check(A8Error):
             error = failure.value
-            self._write(request, started, error.status, _error_body(error))
+            self._write(request, started, error.status, registry_error(error.error_id, error.message))
         else:
             self.log.failure("heartbeat failed", failure)
             self._write(request, started, 500, b'{"Error":"internal error"}')
@@ -77,7 +75,7 @@ class RegistryFront(Front):
     def _failed(self, request, started, error):
         if error.status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
-        return self._answer(request, started, error.status, _error_body(error))
+        return self._answer(request, started, error.status, registry_error(error.error_id, error.message))
 
     def _answer(self, request, started, code, body):
         self._write(request, started, code, body)
@@ -93,7 +91,3 @@ class RegistryFront(Front):
             request.write(body)
         request.finish()
         self.metrics.observe("heartbeat", "PUT", code, self._now() - started)
-
-
-def _error_body(error):
-    return json.dumps({"Error": error.message}, separators=(",", ":")).encode("utf-8")
