@@ -7,7 +7,6 @@ import hashlib
 import json
 import uuid
 
-import attrs
 import jwt
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +20,7 @@ from amalgam8.auth import Authenticator
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
 from amalgam8.web import MAX_BODY
+from tests.helpers import Answer, make_jwt as shared_make_jwt
 
 NOW = 1_800_000_000.0
 BASE = "http://registry.test"
@@ -43,23 +43,7 @@ def expected_id(service, endpoint_type, value):
 
 
 def make_jwt(claims, secret=SECRET, algorithm="HS256"):
-    return jwt.encode(claims, secret, algorithm=algorithm)
-
-
-@attrs.frozen
-class Answer:
-    """A response and its whole body."""
-
-    code: int
-    headers: object
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body.decode("utf-8"))
-
-    def header(self, name):
-        values = self.headers.getRawHeaders(name)
-        return values[0].decode("latin-1") if values else None
+    return shared_make_jwt(claims, secret, algorithm)
 
 
 class RegistryTestCase(SynchronousTestCase):

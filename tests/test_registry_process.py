@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError, ProcessExitedAlready
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -31,6 +31,7 @@ from twisted.web.client import (
 )
 
 import amalgam8
+from tests.helpers import ServerProcess
 
 LISTENING = "a8registry listening on "
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -104,95 +105,9 @@ def _self_signed(directory):
     return cert_path, key_path, cert_pem
 
 
-class RegistryProcess(ProcessProtocol):
-    """
-    Collects a child's stdout and stderr as lines, parses stdout lines as JSON where it
-    can, and tells waiters when the registry listens and when the process ends.
-
-    @ivar exit: L{None} while running, then C{(exit code, signal)}.
-    """
-
-    def __init__(self):
-        self.stdout = []
-        self.stderr = []
-        self.events = []
-        self.address = None
-        self.exit = None
-        self._partial = {1: b"", 2: b""}
-        self._listen_waiters = []
-        self._exit_waiters = []
-
-    # -- ProcessProtocol --------------------------------------------------------------------
-
-    def childDataReceived(self, fd, data):
-        if fd not in self._partial:
-            return
-        lines = (self._partial[fd] + data).split(b"\n")
-        self._partial[fd] = lines.pop()
-        for line in lines:
-            self._line(fd, line.decode("utf-8", "replace"))
-
-    def _line(self, fd, line):
-        if fd == 2:
-            self.stderr.append(line)
-            return
-        self.stdout.append(line)
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        self.events.append(event)
-        message = event.get("message")
-        if (self.address is None and isinstance(message, str)
-                and message.startswith(LISTENING)):
-            self.address = (event["host"], event["port"])
-            waiters, self._listen_waiters = self._listen_waiters, []
-            for waiter in waiters:
-                waiter.callback(self.address)
-
-    def processEnded(self, reason):
-        for fd in (1, 2):
-            if self._partial[fd]:
-                self._line(fd, self._partial[fd].decode("utf-8", "replace"))
-                self._partial[fd] = b""
-        self.exit = (getattr(reason.value, "exitCode", None),
-                     getattr(reason.value, "signal", None))
-        waiters, self._listen_waiters = self._listen_waiters, []
-        for waiter in waiters:
-            waiter.errback(RuntimeError(
-                "the registry exited {} before listening; stderr: {!r}; stdout: {!r}"
-                .format(self.exit, self.stderr, self.stdout[-5:])))
-        waiters, self._exit_waiters = self._exit_waiters, []
-        for waiter in waiters:
-            waiter.callback(self.exit)
-
-    # -- waiting ----------------------------------------------------------------------------
-
-    def listening(self, timeout=10):
-        """A Deferred firing with C{(host, port)} once the registry listens."""
-        if self.address is not None:
-            return succeed(self.address)
-        if self.exit is not None:
-            return self._never_listened()
-        d = Deferred()
-        self._listen_waiters.append(d)
-        return d.addTimeout(timeout, reactor)
-
-    def _never_listened(self):
-        d = Deferred()
-        d.errback(RuntimeError("the registry exited {}; stderr: {!r}"
-                               .format(self.exit, self.stderr)))
-        return d
-
-    def ended(self, timeout=10):
-        """A Deferred firing with C{(exit code, signal)} once the process has ended."""
-        if self.exit is not None:
-            return succeed(self.exit)
-        d = Deferred()
-        self._exit_waiters.append(d)
-        return d.addTimeout(timeout, reactor)
+def RegistryProcess():
+    """A L{ServerProcess} that knows the registry's listening event."""
+    return ServerProcess(reactor, LISTENING)
 
 
 class RegistryProcessTests(TestCase):
