@@ -32,7 +32,7 @@ bench-debs:
 	@sh scripts/debs.sh $(BENCH_DEBS)
 
 test: setup
-	$(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
+	A8_REQUIRE_PROXY=1 $(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
 
 BENCHMARKS ?= registry controller proxy propagation
 

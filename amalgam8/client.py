@@ -6,6 +6,7 @@ C{HTTPClient} over a pooled C{Agent}, tests a C{StubTreq}.
 """
 
 import json
+from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError
@@ -131,6 +132,22 @@ def _header(response, name):
         return None
 
 
+def _revision(response, body=None):
+    """The revision a controller answer carries: its header, else its body's."""
+    revision = _header(response, b"A8-Revision")
+    if revision is None and isinstance(body, dict) and isinstance(body.get("revision"), int):
+        revision = body["revision"]
+    return revision
+
+
+def _change(response, body):
+    return _revision(response), (body or {}).get("ids", [])
+
+
+def _destination_path(kind, destination):
+    return "/v1/rules/{}/{}".format(kind, quote(destination, safe=""))
+
+
 @attrs.define
 class RegistryClient(_Base):
     """The registry API (SPEC A2, B1)."""
@@ -189,28 +206,39 @@ class ControllerClient(_Base):
             timeout = wait + self.timeout
         response, body = await self._call("GET", "/v1/rules", params=params or None,
                                           timeout=timeout)
-        revision = _header(response, b"A8-Revision")
-        if revision is None and isinstance(body, dict):
-            revision = body.get("revision")
-        return revision, (body or {}).get("rules", [])
+        return _revision(response, body), (body or {}).get("rules", [])
+
+    async def rules_by_destination(self, kind):
+        """@return: C{{destination: [rules]}} of C{GET /v1/rules/routes} (or actions)."""
+        _, body = await self._call("GET", "/v1/rules/{}".format(kind))
+        return (body or {}).get("services", {})
+
+    async def rules_of_destination(self, kind, destination):
+        """@return: the route (action) rules of one destination."""
+        _, body = await self._call("GET", _destination_path(kind, destination))
+        return (body or {}).get("rules", [])
+
+    # Every change answers C{(revision it made, ids)}.
 
     async def create_rules(self, rules):
-        _, body = await self._call("POST", "/v1/rules", {"rules": rules}, ok=(200, 201))
-        return body.get("ids", [])
+        return _change(*await self._call("POST", "/v1/rules", {"rules": rules},
+                                         ok=(200, 201)))
 
     async def update_rules(self, rules):
-        _, body = await self._call("PUT", "/v1/rules", {"rules": rules})
-        return body
+        return _change(*await self._call("PUT", "/v1/rules", {"rules": rules}))
 
     async def delete_rules(self, **filters):
         params = {k: v for k, v in filters.items() if v is not None}
-        _, body = await self._call("DELETE", "/v1/rules", params=params or None)
-        return body
+        return _change(*await self._call("DELETE", "/v1/rules", params=params or None))
 
     async def replace_rules(self, kind, destination, rules):
-        _, body = await self._call("PUT", "/v1/rules/{}/{}".format(kind, destination),
-                                   {"rules": rules}, ok=(200, 201))
-        return body
+        """Replace every route (action) rule of C{destination}."""
+        return _change(*await self._call("PUT", _destination_path(kind, destination),
+                                         {"rules": rules}, ok=(200, 201)))
+
+    async def clear_rules(self, kind, destination):
+        """Delete every route (action) rule of C{destination}."""
+        return _change(*await self._call("DELETE", _destination_path(kind, destination)))
 
     async def status(self):
         _, body = await self._call("GET", "/v1/rules/status")

@@ -621,7 +621,11 @@ class _ProxyTestMixin:
 
     def setUp(self):
         if UNAVAILABLE:
-            raise SkipTest(UNAVAILABLE)
+            # Only where nginx or its Lua module is not installed. `make test` installs
+            # them and sets A8_REQUIRE_PROXY, so there a missing proxy fails instead.
+            if os.environ.get("A8_REQUIRE_PROXY"):
+                self.fail("the proxy is required: " + UNAVAILABLE)
+            raise SkipTest("needs nginx with its Lua module: " + UNAVAILABLE)
 
     async def start_proxy(self, names=("v1a", "v2a"), **options):
         """

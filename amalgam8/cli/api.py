@@ -24,16 +24,6 @@ def _header(response, name):
     return values[0] if values else None
 
 
-def _revision(response, body=None):
-    value = _header(response, b"A8-Revision")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        if isinstance(body, dict) and isinstance(body.get("revision"), int):
-            return body["revision"]
-        return None
-
-
 class _Named:
     """Mark the errors of a client with the server's role and base URL."""
 
@@ -88,46 +78,15 @@ class Controller(_Named, ControllerClient):
 
     async def read(self, **filters):
         """@return: C{(revision, rules)} of C{GET /v1/rules}."""
-        params = {k: v for k, v in filters.items() if v}
-        response, body = await self._call("GET", "/v1/rules", params=params or None)
-        return _revision(response, body), (body or {}).get("rules", [])
+        return await self.rules(**{k: v for k, v in filters.items() if v})
 
-    async def by_destination(self, kind):
-        """@return: C{{destination: [rules]}} of C{GET /v1/rules/routes} (or actions)."""
-        _, body = await self._call("GET", "/v1/rules/{}".format(kind))
-        return (body or {}).get("services", {})
-
-    async def of_destination(self, kind, destination):
-        """@return: the route (action) rules of one destination."""
-        _, body = await self._call("GET", "/v1/rules/{}/{}".format(kind, _segment(destination)))
-        return (body or {}).get("rules", [])
-
-    async def create(self, rules):
-        """@return: C{(revision, ids)}."""
-        response, body = await self._call("POST", "/v1/rules", {"rules": rules},
-                                          ok=(200, 201))
-        return _revision(response), (body or {}).get("ids", [])
-
-    async def update(self, rules):
-        """@return: C{(revision, ids)}."""
-        response, body = await self._call("PUT", "/v1/rules", {"rules": rules})
-        return _revision(response), (body or {}).get("ids", [])
+    by_destination = ControllerClient.rules_by_destination
+    of_destination = ControllerClient.rules_of_destination
+    create = ControllerClient.create_rules
+    update = ControllerClient.update_rules
+    replace = ControllerClient.replace_rules
+    clear = ControllerClient.clear_rules
 
     async def delete(self, **filters):
         """@return: C{(revision, ids deleted)}."""
-        params = {k: v for k, v in filters.items() if v}
-        response, body = await self._call("DELETE", "/v1/rules", params=params or None)
-        return _revision(response), (body or {}).get("ids", [])
-
-    async def replace(self, kind, destination, rules):
-        """Replace every route (action) rule of C{destination}; @return: C{(revision, ids)}."""
-        response, body = await self._call(
-            "PUT", "/v1/rules/{}/{}".format(kind, _segment(destination)), {"rules": rules},
-            ok=(200, 201))
-        return _revision(response), (body or {}).get("ids", [])
-
-    async def clear(self, kind, destination):
-        """Delete every route (action) rule of C{destination}; @return: C{(revision, ids)}."""
-        response, body = await self._call(
-            "DELETE", "/v1/rules/{}/{}".format(kind, _segment(destination)))
-        return _revision(response), (body or {}).get("ids", [])
+        return await self.delete_rules(**{k: v for k, v in filters.items() if v})
