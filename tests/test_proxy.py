@@ -574,6 +574,14 @@ class _Checker:
                         self.fail("{} of {} is {:.4f}, expected within [{}, {}]",
                                   name, field, value, low, high)
 
+    def check_log_at_least(self, wanted):
+        # nginx's times have a millisecond's resolution.
+        for field, other in wanted.items():
+            for record in self.records:
+                if not record[field] >= record[other] - 0.001:
+                    self.fail("log field {} is {!r}, less than {} {!r}", field,
+                              record[field], other, record[other])
+
     def _counts(self, wanted, observed):
         for key, spec in wanted.items():
             count = sum(observed.count(k) for k in key.split(","))
@@ -665,6 +673,8 @@ class ProxyCaseTests(_ProxyTestMixin, TestCase):
                                          **case.get("proxy", {}))
         code, answer = await fixture.push(fixture.substitute(case["state"]))
         self.assertEqual(code, 200, "the state was refused: {!r}".format(answer))
+        self.assertEqual([r["id"] for r in answer["rejected"]], case.get("rejected", []),
+                         "the rules the proxy skipped: {!r}".format(answer["rejected"]))
         steps = case.get("steps") or [case]
         for index, step in enumerate(steps):
             if step.get("sleep"):
@@ -715,13 +725,13 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
         """GET answers the state as pushed, with its version and when it was applied."""
         fixture = await self.start_proxy()
         code, empty = await fixture.loaded()
-        self.assertEqual((code, empty["version"], empty["instances"], empty["rules"]),
-                         (200, 0, [], []))
+        self.assertEqual((code, empty["version"], empty["instances"], empty["rules"],
+                          empty["rejected"]), (200, 0, [], [], []))
         state = fixture.substitute(_route_state("v2"))
         self.assertEqual(await self.push(fixture, state), 1)
         code, loaded = await fixture.loaded()
         self.assertEqual(code, 200)
-        self.assertEqual(loaded["version"], 1)
+        self.assertEqual((loaded["version"], loaded["rejected"]), (1, []))
         self.assertIsInstance(loaded["applied_at"], (int, float))
         self.assertEqual({k: loaded[k] for k in ("instances", "rules")}, state)
 
@@ -730,7 +740,7 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
         fixture = await self.start_proxy()
         await self.push(fixture, _route_state("v1"))
         code, answer = await fixture.push(fixture.substitute(_route_state("v2")), method="PUT")
-        self.assertEqual((code, answer), (200, {"version": 2}))
+        self.assertEqual((code, answer), (200, {"version": 2, "rejected": []}))
         outcome = await fixture.request({"path": "/reviews/"})
         self.assertEqual(outcome.instance, "v2a")
 
@@ -739,7 +749,7 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
         fixture = await self.start_proxy()
         await self.push(fixture, _route_state("v1"))
         code, answer = await fixture.push(b"{}")
-        self.assertEqual((code, answer), (200, {"version": 2}))
+        self.assertEqual((code, answer), (200, {"version": 2, "rejected": []}))
         outcome = await fixture.request({"path": "/reviews/"})
         self.assertEqual(outcome.status, 404)
 
@@ -752,18 +762,13 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
 
     async def test_bad_states_refused_and_the_old_one_kept(self):
         """
-        Non-JSON bodies, wrong types, bad regular expressions, weights over 1 and every other
-        invalid state get 400 with a message; the state before keeps being served, and GET
-        still returns it.
+        A body that is not a state (not JSON, not an object, C{instances} or C{rules} not a
+        list) gets 400 with a message; the state before keeps being served, and GET still
+        returns it.
         """
         fixture = await self.start_proxy()
         good = fixture.substitute(_route_state("v2"))
         await self.push(fixture, good)
-        rule = good["rules"][0]
-
-        def with_rule(**changes):
-            return {"instances": good["instances"], "rules": [dict(rule, **changes)]}
-
         bad = {
             "not JSON": b"{not json",
             "empty body": b"",
@@ -771,33 +776,7 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
             "a string": b'"state"',
             "instances not a list": {"instances": {"a": 1}, "rules": []},
             "rules not a list": {"instances": [], "rules": "none"},
-            "instance without endpoint": {"instances": [{"service_name": "x"}], "rules": []},
-            "instance tags not strings": {"instances": [dict(good["instances"][0], tags=[1])],
-                                          "rules": []},
-            "destination not a string": with_rule(destination=5),
-            "priority not a number": with_rule(priority="high"),
-            "route and actions": with_rule(actions=[{"action": "abort", "return_code": 500}]),
-            "no route nor actions": {"instances": [], "rules": [{"destination": "reviews"}]},
-            "empty backends": with_rule(route={"backends": []}),
-            "backend tags not a list": with_rule(route={"backends": [{"tags": "v1"}]}),
-            "bad header regex": with_rule(match={"headers": {"Cookie": "user=(jason"}}),
-            "bad regex in a combinator": with_rule(
-                match={"any": [{"headers": {"X-A": "[a-"}}]}),
-            "weights over 1": with_rule(route={"backends": [
-                {"tags": ["v1"], "weight": 0.7}, {"tags": ["v2"], "weight": 0.5}]}),
-            "a weight over 1": with_rule(route={"backends": [{"tags": ["v1"], "weight": 1.5}]}),
-            "retries out of range": with_rule(route={"backends": [{"tags": ["v1"],
-                                                                   "retries": 50}]}),
-            "unknown action": {"instances": [], "rules": [
-                {"destination": "reviews", "actions": [{"action": "explode"}]}]},
-            "abort code out of range": {"instances": [], "rules": [
-                {"destination": "reviews", "actions": [{"action": "abort",
-                                                        "return_code": 900}]}]},
-            "delay without duration": {"instances": [], "rules": [
-                {"destination": "reviews", "actions": [{"action": "delay"}]}]},
-            "probability over 1": {"instances": [], "rules": [
-                {"destination": "reviews", "actions": [{"action": "abort", "return_code": 500,
-                                                        "probability": 2}]}]},
+            "rules an object": {"instances": [], "rules": {"r": {"destination": "reviews"}}},
         }
         for name, state in bad.items():
             code, answer = await fixture.push(state)
@@ -805,10 +784,128 @@ class ProxyAdminTests(_ProxyTestMixin, TestCase):
             self.assertIsInstance(answer, dict, name)
             self.assertIsInstance(answer.get("error"), str, name)
         code, loaded = await fixture.loaded()
-        self.assertEqual(loaded["version"], 1)
+        self.assertEqual((loaded["version"], loaded["rejected"]), (1, []))
         self.assertEqual({k: loaded[k] for k in ("instances", "rules")}, good)
         outcomes = await fixture.send({"path": "/reviews/"}, repeat=10, concurrency=5)
         self.assertEqual({(o.status, o.instance) for o in outcomes}, {(200, "v2a")})
+
+    async def test_bad_rules_skipped_and_reported(self):
+        """
+        A rule or an instance whose structure is bad, or that the proxy cannot compile (a bad
+        regular expression), is skipped and reported by id ({id, error}) in the push's
+        answer and in GET, and logged; the other rules and instances are used.
+        """
+        fixture = await self.start_proxy()
+        good = fixture.substitute(_route_state("v2"))
+        rule = good["rules"][0]
+
+        def with_rule(**changes):
+            return dict(dict(rule, id="bad", priority=5), **changes)
+
+        bad_rules = {
+            "destination not a string": with_rule(destination=5),
+            "priority not a number": with_rule(priority="high"),
+            "route and actions": with_rule(actions=[{"action": "abort", "return_code": 500}]),
+            "no route nor actions": {"id": "bad", "destination": "reviews"},
+            "empty backends": with_rule(route={"backends": []}),
+            "backend tags not a list": with_rule(route={"backends": [{"tags": "v1"}]}),
+            "bad header regex": with_rule(match={"headers": {"Cookie": "user=(jason"}}),
+            "bad regex in a combinator": with_rule(
+                match={"any": [{"headers": {"X-A": "[a-"}}]}),
+            "unknown action": {"id": "bad", "destination": "reviews",
+                               "actions": [{"action": "explode"}]},
+            "abort code out of range": {"id": "bad", "destination": "reviews", "actions": [
+                {"action": "abort", "return_code": 900}]},
+            "delay without duration": {"id": "bad", "destination": "reviews",
+                                       "actions": [{"action": "delay"}]},
+            "a rule that is no object": ["bad"],
+        }
+        for name, bad in bad_rules.items():
+            code, answer = await fixture.push(
+                {"instances": good["instances"], "rules": [bad, rule]})
+            self.assertEqual(code, 200, "{}: {!r}".format(name, answer))
+            expected_id = "rules[0]" if name == "a rule that is no object" else "bad"
+            self.assertEqual([r["id"] for r in answer["rejected"]], [expected_id], name)
+            self.assertIsInstance(answer["rejected"][0]["error"], str, name)
+            code, loaded = await fixture.loaded()
+            self.assertEqual(loaded["rejected"], answer["rejected"], name)
+            outcomes = await fixture.send({"path": "/reviews/"}, repeat=4, concurrency=2)
+            self.assertEqual({(o.status, o.instance) for o in outcomes}, {(200, "v2a")}, name)
+        self.assertIn("amalgam8: skipped bad: rules[0].match.any[0].headers.X-A: not a valid "
+                      "regular expression", fixture.error_log(whole=True))
+
+        bad_instances = {
+            "instance without endpoint": {"service_name": "reviews"},
+            "instance tags not strings": dict(good["instances"][1], tags=[1]),
+            "instance no object": "a1",
+        }
+        for name, bad in bad_instances.items():
+            code, answer = await fixture.push(
+                {"instances": good["instances"] + [bad], "rules": good["rules"]})
+            self.assertEqual(code, 200, "{}: {!r}".format(name, answer))
+            self.assertEqual([r["id"] for r in answer["rejected"]], ["instances[2]"], name)
+            outcome = await fixture.request({"path": "/reviews/"})
+            self.assertEqual((outcome.status, outcome.instance), (200, "v2a"), name)
+
+    async def test_semantics_normalized(self):
+        """
+        What the controller's validation would refuse but the proxy can use is normalized,
+        not rejected: weights adding up to more than 1 are scaled, retries are capped, a
+        probability over 1 is 1.
+        """
+        fixture = await self.start_proxy()
+        good = fixture.substitute(_route_state("v2"))
+        rule = good["rules"][0]
+        states = {
+            "weights over 1": ({"backends": [{"tags": ["v1"], "weight": 0.7},
+                                             {"tags": ["v2"], "weight": 0.7}]},
+                               {"v1a", "v2a"}),
+            "a weight over 1": ({"backends": [{"tags": ["v2"], "weight": 1.5}]}, {"v2a"}),
+            "weight 0": ({"backends": [{"tags": ["v1"], "weight": 0},
+                                       {"tags": ["v2"], "weight": 1}]}, {"v2a"}),
+            "retries out of range": ({"backends": [{"tags": ["v2"], "retries": 50}]}, {"v2a"}),
+        }
+        for name, (route, instances) in states.items():
+            code, answer = await fixture.push(
+                {"instances": good["instances"], "rules": [dict(rule, route=route)]})
+            self.assertEqual((code, answer["rejected"]), (200, []), name)
+            outcomes = await fixture.send({"path": "/reviews/"}, repeat=40, concurrency=4)
+            self.assertEqual({o.status for o in outcomes}, {200}, name)
+            self.assertEqual({o.instance for o in outcomes}, instances, name)
+        code, answer = await fixture.push({"instances": good["instances"], "rules": [rule, {
+            "id": "a", "destination": "reviews",
+            "actions": [{"action": "abort", "return_code": 418, "probability": 2}]}]})
+        self.assertEqual((code, answer["rejected"]), (200, []))
+        outcomes = await fixture.send({"path": "/reviews/"}, repeat=10, concurrency=2)
+        self.assertEqual({o.status for o in outcomes}, {418})
+
+    async def test_uncompilable_rule_never_freezes_the_proxy(self):
+        """
+        The defect of issue 9: a header pattern Python's re accepts and PCRE refuses
+        (C{\\u0041}) made the proxy refuse the whole state, so no later change reached it.
+        Now that rule alone is skipped and reported, the good rule routes, and a later push
+        (without it) is taken and reports nothing.
+        """
+        fixture = await self.start_proxy()
+        good = fixture.substitute(_route_state("v2"))
+        uncompilable = {"id": "pcre-refuses", "destination": "reviews", "priority": 9,
+                        "match": {"headers": {"X-User": "\\u0041"}},
+                        "route": {"backends": [{"tags": ["v1"]}]}}
+        code, answer = await fixture.push(
+            {"instances": good["instances"], "rules": [uncompilable] + good["rules"]})
+        self.assertEqual(code, 200, answer)
+        self.assertEqual([r["id"] for r in answer["rejected"]], ["pcre-refuses"])
+        self.assertIn("headers.X-User", answer["rejected"][0]["error"])
+        outcome = await fixture.request({"path": "/reviews/", "headers": {"X-User": "A"}})
+        self.assertEqual((outcome.status, outcome.instance), (200, "v2a"))
+        self.assertIn("amalgam8: skipped pcre-refuses:", fixture.error_log(whole=True))
+        later = fixture.substitute(_route_state("v1"))
+        code, answer = await fixture.push(later)
+        self.assertEqual((code, answer), (200, {"version": 2, "rejected": []}))
+        outcome = await fixture.request({"path": "/reviews/", "headers": {"X-User": "A"}})
+        self.assertEqual((outcome.status, outcome.instance), (200, "v1a"))
+        code, loaded = await fixture.loaded()
+        self.assertEqual((loaded["version"], loaded["rejected"]), (2, []))
 
 
 class ProxyWorkersTests(_ProxyTestMixin, TestCase):

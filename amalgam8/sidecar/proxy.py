@@ -8,13 +8,15 @@ Start it with C{nginx -p RUNTIME -c nginx.conf}. Every path nginx writes (pid, l
 files) is inside the runtime directory, so several proxies run side by side.
 """
 
+import json
 import os
 import shutil
 import subprocess
+from importlib import resources
 
 import attrs
 
-__all__ = ["ProxyConfig", "find_nginx", "lua_root", "render", "write"]
+__all__ = ["ProxyConfig", "dataplane_defaults", "find_nginx", "lua_root", "render", "write"]
 
 _MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules",
                 "/usr/local/lib/nginx/modules")
@@ -75,6 +77,38 @@ def lua_root():
     return os.path.normpath(os.path.join(here, "..", "..", "lua"))
 
 
+def dataplane_defaults():
+    """
+    The data plane's defaults (C{lb}, C{retries_max}, C{connect_timeout}, ...): their one
+    home is C{amalgam8/schemas/dataplane.json}, which the renderer writes into the proxy's
+    configuration.
+    """
+    text = resources.files("amalgam8.schemas").joinpath("dataplane.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _lua_value(value):
+    """A Lua literal for a JSON scalar (a string, a number or a boolean)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _lua_string(str(value))
+
+
+def _lua_table(mapping):
+    """A Lua table constructor for a flat mapping of names to JSON scalars."""
+    return "{" + ", ".join("{} = {}".format(key, _lua_value(value))
+                           for key, value in sorted(mapping.items())) + "}"
+
+
+def _nginx_time(seconds):
+    """An nginx time for a number of seconds (C{5s}, C{250ms})."""
+    if float(seconds).is_integer():
+        return "{}s".format(int(seconds))
+    return "{}ms".format(int(round(seconds * 1000)))
+
+
 def _lua_string(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -101,8 +135,8 @@ class ProxyConfig:
     @ivar log_buffer: the access log's write buffer (nginx size, e.g. C{"64k"}), flushed at
         least every C{log_flush} seconds; L{None} writes every record at once (tests).
     @ivar consecutive_errors: outlier ejection's default: how many 5xx answers or
-        connection failures in a row take an instance out.
-    @ivar ejection_time: for how many seconds (default).
+        connection failures in a row take an instance out; L{None}: dataplane.json's.
+    @ivar ejection_time: for how many seconds (default); L{None}: dataplane.json's.
     """
 
     runtime_dir: str
@@ -118,8 +152,8 @@ class ProxyConfig:
     error_level: str = "warn"
     keepalive: int = 256
     state_memory: str = "64m"
-    consecutive_errors: int = 5
-    ejection_time: float = 30.0
+    consecutive_errors: int = None
+    ejection_time: float = None
 
     @property
     def access_log_path(self):
@@ -146,6 +180,12 @@ def render(config, modules, lua_dir=None):
     """
     lua_dir = lua_dir or lua_root()
     rt = config.runtime_dir
+    defaults = dataplane_defaults()
+    # The sidecar's own settings override these two.
+    if config.consecutive_errors is not None:
+        defaults["consecutive_errors"] = int(config.consecutive_errors)
+    if config.ejection_time is not None:
+        defaults["ejection_time"] = float(config.ejection_time)
     tags = ", ".join(_lua_string(t) for t in config.service_tags)
     package_path = ";".join([os.path.join(lua_dir, "?.lua")] + list(_LUA_PATHS)) + ";;"
     package_cpath = ";".join(_LUA_CPATHS) + ";;"
@@ -196,9 +236,9 @@ http {{
         require("amalgam8.config").set({{
             source_name = {name},
             source_tags = {{{tags}}},
-            default_consecutive_errors = {consecutive_errors},
-            default_ejection_time = {ejection_time},
+            defaults = {defaults},
         }})
+        require "amalgam8.compile"
         require "amalgam8.state"
         require "amalgam8.router"
         require "amalgam8.balancer"
@@ -252,8 +292,9 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Request-ID $a8_request_id;
             proxy_next_upstream error timeout;
-            proxy_next_upstream_tries 11;
-            proxy_connect_timeout 5s;
+            # The first attempt and at most retries_max retries.
+            proxy_next_upstream_tries {next_upstream_tries};
+            proxy_connect_timeout {connect_timeout};
             proxy_pass http://a8_upstream$a8_path$is_args$args;
         }}
     }}
@@ -283,8 +324,9 @@ http {{
         state_memory=config.state_memory,
         name=_lua_string(config.service_name),
         tags=tags,
-        consecutive_errors=int(config.consecutive_errors),
-        ejection_time=float(config.ejection_time),
+        defaults=_lua_table(defaults),
+        next_upstream_tries=int(defaults["retries_max"]) + 1,
+        connect_timeout=_nginx_time(defaults["connect_timeout"]),
         keepalive=config.keepalive,
         proxy_listen=_listen(config.address, config.port),
         access_log=config.access_log_path,

@@ -1,5 +1,12 @@
 -- The proxy admin endpoint (SPEC A4): POST/PUT take the whole state, GET returns it.
+--
+-- A state that is not an object with "instances" and "rules" lists is refused (400). Inside
+-- it, a rule or an instance the proxy cannot use is skipped, logged (WARN) and reported:
+--   200 {"version": N, "rejected": [{"id": "<rule id, or rules[i] / instances[i]>",
+--                                    "error": "<why>"}]}
+-- and GET returns the loaded state with the same "rejected" list.
 local cjson = require "cjson.safe"
+local compile = require "amalgam8.compile"
 local state = require "amalgam8.state"
 
 local ngx = ngx
@@ -14,24 +21,22 @@ local function answer(status, value)
     return ngx.exit(status)
 end
 
-function _M.handle()
-    local method = ngx.req.get_method()
-    if method == "GET" or method == "HEAD" then
-        -- The state exactly as it was pushed, plus its version and when it was applied.
-        local body, version = state.raw()
-        local _, applied = state.version()
-        local head = '{"version":' .. (version or 0) .. ',"applied_at":' .. (applied or "null")
-        local rest = body and body:match("^%s*{(.*)$") or '"instances":[],"rules":[]}'
-        if not rest:match("^%s*}") then head = head .. "," end
-        ngx.status = 200
-        ngx.header["Content-Type"] = "application/json"
-        ngx.print(head, rest)
-        return ngx.exit(200)
-    end
-    if method ~= "POST" and method ~= "PUT" then
-        ngx.header["Allow"] = "GET, POST, PUT"
-        return answer(405, {error = "method not allowed"})
-    end
+local function show()
+    -- The state exactly as it was pushed, plus its version, when it was applied and what
+    -- was rejected.
+    local body, version, rejected = state.raw()
+    local _, applied = state.version()
+    local head = '{"version":' .. (version or 0) .. ',"applied_at":' .. (applied or "null")
+        .. ',"rejected":' .. (rejected or "[]")
+    local rest = body and body:match("^%s*{(.*)$") or '"instances":[],"rules":[]}'
+    if not rest:match("^%s*}") then head = head .. "," end
+    ngx.status = 200
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(head, rest)
+    return ngx.exit(200)
+end
+
+local function read_body()
     ngx.req.read_body()
     local body = ngx.req.get_body_data()
     if not body then
@@ -44,6 +49,19 @@ function _M.handle()
             end
         end
     end
+    return body
+end
+
+function _M.handle()
+    local method = ngx.req.get_method()
+    if method == "GET" or method == "HEAD" then
+        return show()
+    end
+    if method ~= "POST" and method ~= "PUT" then
+        ngx.header["Allow"] = "GET, POST, PUT"
+        return answer(405, {error = "method not allowed"})
+    end
+    local body = read_body()
     if not body or #body == 0 then
         return answer(400, {error = "the body must be the state {\"instances\":[...],\"rules\":[...]}"})
     end
@@ -57,20 +75,29 @@ function _M.handle()
     if not body:find("^%s*{") then
         return answer(400, {error = "the state must be an object {\"instances\":[...],\"rules\":[...]}"})
     end
-    local problem = state.validate(decoded)
+    local problem = compile.check(decoded)
     if problem then
         return answer(400, {error = problem})
     end
-    local compiled, compile_err = state.compile(decoded)
-    if not compiled then
-        return answer(400, {error = "the state cannot be used: " .. compile_err})
+    local ok, compiled, rejected = pcall(compile.compile, decoded)
+    if not ok then
+        -- A bug of the compile step, not of the state: say so, and keep the old state.
+        ngx.log(ngx.ERR, "amalgam8: cannot compile the state: ", tostring(compiled))
+        return answer(500, {error = "the proxy cannot compile the state: " .. tostring(compiled)})
     end
-    -- Keep the state as it was pushed: workers decode exactly what was validated.
-    local version, store_err = state.store(body, compiled)
+    for _, r in ipairs(rejected) do
+        ngx.log(ngx.WARN, "amalgam8: skipped ", r.id, ": ", r.error)
+    end
+    local rejected_json = compile.encode_rejected(rejected)
+    -- Keep the state as it was pushed: workers decode exactly what was checked.
+    local version, store_err = state.store(body, compiled, rejected_json)
     if not version then
         return answer(500, {error = store_err})
     end
-    return answer(200, {version = version})
+    ngx.status = 200
+    ngx.header["Content-Type"] = "application/json"
+    ngx.say('{"version":', version, ',"rejected":', rejected_json, '}')
+    return ngx.exit(200)
 end
 
 return _M

@@ -16,19 +16,13 @@ local ngx = ngx
 local shared = ngx.shared.a8_health
 local random = math.random
 local floor = math.floor
-local ipairs, tonumber, next = ipairs, tonumber, next
+local ipairs, tonumber, next, setmetatable = ipairs, tonumber, next, setmetatable
 
 local _M = {}
-
--- The budget: the retries of the last WINDOW seconds may not exceed
--- retry_budget_ratio of the requests of those seconds, plus retry_budget_floor.
-local WINDOW = 10
 
 -- NGX_BUSY: the balancer's way to end the request with 502 ("no live upstreams") without
 -- another attempt. (ngx.exit(502) here turns into a 500.)
 local NO_MORE_TRIES = -3
-
-local rr = {}   -- per worker: backend key -> next index
 
 local function ejected(inst)
     return shared:get("ej:" .. inst.addr) ~= nil
@@ -42,46 +36,25 @@ local function usable(inst, tried)
     return not tried[inst.addr] and not ejected(inst)
 end
 
-local function choose(backend, tried)
-    local pool = backend.pool
-    local n = #pool
-    if n == 0 then return nil end
-    local lb = backend.lb
-    if lb == "least_request" and n > 1 then
-        -- Power of two choices: two distinct instances at random, the less busy one.
-        for _ = 1, 4 do
-            local i = random(n)
-            local j = random(n - 1)
-            if j >= i then j = j + 1 end
-            local a, b = pool[i], pool[j]
-            local ua, ub = usable(a, tried), usable(b, tried)
-            local pick
-            if ua and ub then
-                pick = active(b) < active(a) and b or a
-            elseif ua then
-                pick = a
-            elseif ub then
-                pick = b
-            end
-            if pick then return pick end
-        end
-    elseif lb == "random" and n > 1 then
-        for _ = 1, n do
-            local pick = pool[random(n)]
-            if usable(pick, tried) then return pick end
-        end
-    end
-    -- round robin (also the fallback of the others): the next usable instance. Only first
-    -- attempts move the turn on: if retries did, with one instance of two down every
-    -- request would start on the dead one.
-    local key = backend.key
-    local start = rr[key] or random(n)
+-- The balancing methods. Each is a class of objects of one shape:
+--   Method.new(pool)      an object balancing over pool (a list of {host, port, addr, ...})
+--   object:pick(tried)    the instance for the next attempt, skipping those in tried
+--                         (addr -> true) and the ejected ones; nil for an empty pool
+--   object:reinit(pool)   the same object over another pool (a new state version)
+-- One object per backend and worker, made by the compile step (amalgam8.compile).
+
+-- What every method falls back to: the next usable instance in turn (round robin). Only
+-- first attempts move the turn on: if retries did, with one instance of two down every
+-- request would start on the dead one.
+local function in_turn(self, tried)
+    local pool, n = self.pool, self.n
+    local start = self.turn
     local first = next(tried) == nil
     for i = 0, n - 1 do
         local index = (start + i - 1) % n + 1
         local pick = pool[index]
         if usable(pick, tried) then
-            if first then rr[key] = index % n + 1 end
+            if first then self.turn = index % n + 1 end
             return pick
         end
     end
@@ -90,16 +63,86 @@ local function choose(backend, tried)
         local index = (start + i - 1) % n + 1
         local pick = pool[index]
         if not tried[pick.addr] then
-            if first then rr[key] = index % n + 1 end
+            if first then self.turn = index % n + 1 end
             return pick
         end
     end
     return pool[(start - 1) % n + 1]
 end
 
+local function method(choose)
+    local class = {}
+    class.__index = class
+
+    function class.new(pool)
+        return setmetatable({}, class):reinit(pool)
+    end
+
+    function class:reinit(pool)
+        self.pool = pool
+        self.n = #pool
+        -- A random first turn, so that workers (and fresh versions) do not all start at the
+        -- first instance; kept while it still points into the pool.
+        if not self.turn or self.turn > self.n then
+            self.turn = self.n > 0 and random(self.n) or 1
+        end
+        return self
+    end
+
+    function class:pick(tried)
+        if self.n == 0 then return nil end
+        return (self.n > 1 and choose(self, tried)) or in_turn(self, tried)
+    end
+
+    return class
+end
+
+_M.methods = {
+    round_robin = method(function() return nil end),
+
+    random = method(function(self, tried)
+        local pool, n = self.pool, self.n
+        for _ = 1, n do
+            local pick = pool[random(n)]
+            if usable(pick, tried) then return pick end
+        end
+        return nil
+    end),
+
+    -- Power of two choices: two distinct instances at random, the less busy one (attempts
+    -- in flight, counted in a8_health by every worker).
+    least_request = method(function(self, tried)
+        local pool, n = self.pool, self.n
+        for _ = 1, 4 do
+            local i = random(n)
+            local j = random(n - 1)
+            if j >= i then j = j + 1 end
+            local a, b = pool[i], pool[j]
+            local ua, ub = usable(a, tried), usable(b, tried)
+            if ua and ub then
+                return active(b) < active(a) and b or a
+            elseif ua then
+                return a
+            elseif ub then
+                return b
+            end
+        end
+        return nil
+    end),
+}
+
+-- A balancing object for pool by the method's name; an unknown name gets the default
+-- method (config.defaults.lb).
+function _M.new(name, pool)
+    local class = _M.methods[name] or _M.methods[config.defaults.lb]
+    return class.new(pool)
+end
+
+-- The budget: the retries of the last retry_budget_window seconds may not exceed
+-- retry_budget_ratio of the requests of those seconds, plus retry_budget_floor.
 local function window_sum(prefix, now)
     local total = 0
-    for second = now - WINDOW + 1, now do
+    for second = now - config.defaults.retry_budget_window + 1, now do
         total = total + (shared:get(prefix .. second) or 0)
     end
     return total
@@ -109,7 +152,8 @@ local function budget_allows(dest)
     local now = floor(ngx.now())
     local requests = window_sum("req:" .. dest .. ":", now)
     local retries = window_sum("rt:" .. dest .. ":", now)
-    return retries < requests * config.retry_budget_ratio + config.retry_budget_floor
+    local defaults = config.defaults
+    return retries < requests * defaults.retry_budget_ratio + defaults.retry_budget_floor
 end
 
 local function release(ctx)
@@ -142,10 +186,11 @@ function _M.balance()
             ctx.a8_budget_exhausted = true
             return ngx.exit(NO_MORE_TRIES)
         end
-        shared:incr("rt:" .. dest .. ":" .. floor(ngx.now()), 1, 0, WINDOW + 1)
+        shared:incr("rt:" .. dest .. ":" .. floor(ngx.now()), 1, 0,
+                    config.defaults.retry_budget_window + 1)
         ctx.a8_retries = (ctx.a8_retries or 0) + 1
     end
-    local inst = choose(backend, tried)
+    local inst = backend.picker:pick(tried)
     if not inst then
         return ngx.exit(NO_MORE_TRIES)
     end
@@ -172,13 +217,13 @@ local function failed(backend, addr)
     erred[addr] = true
     local count = shared:incr("err:" .. addr, 1, 0)
     if count and count >= backend.consecutive_errors then
-        -- Never more than half of the pool out at once.
+        -- Never more than max_ejected_fraction of the pool out at once.
         local pool = backend.pool
         local out = 0
         for _, inst in ipairs(pool) do
             if inst.addr ~= addr and ejected(inst) then out = out + 1 end
         end
-        if (out + 1) * 2 <= #pool then
+        if out + 1 <= #pool * config.defaults.max_ejected_fraction then
             shared:set("ej:" .. addr, true, backend.ejection_time)
             ngx.log(ngx.WARN, "amalgam8: ejected ", addr, " for ", backend.ejection_time, " s")
         end
@@ -240,7 +285,8 @@ end
 
 -- A request of the destination goes upstream (rewrite phase): it counts for the budget.
 function _M.started(dest)
-    shared:incr("req:" .. dest .. ":" .. floor(ngx.now()), 1, 0, WINDOW + 1)
+    shared:incr("req:" .. dest .. ":" .. floor(ngx.now()), 1, 0,
+                config.defaults.retry_budget_window + 1)
 end
 
 return _M

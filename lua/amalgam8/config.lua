@@ -1,13 +1,14 @@
--- The sidecar's identity and settings, filled in by the rendered nginx.conf
--- (init_by_lua_block) before any request.
+-- The sidecar's identity and the data plane's defaults, filled in by the rendered nginx.conf
+-- (init_by_lua_block) before any request. The defaults come from
+-- amalgam8/schemas/dataplane.json (their one home); no Lua module repeats them.
 local _M = {
     source_name = "",       -- this sidecar's service name
     source_tags = {},       -- and its tags
     source_label = "",      -- "name:tag1,tag2" for the access log
-    default_consecutive_errors = 5,
-    default_ejection_time = 30,
-    retry_budget_ratio = 0.2,
-    retry_budget_floor = 3,
+    source_tag_set = {},
+    -- lb, retries_max, connect_timeout, consecutive_errors, ejection_time,
+    -- max_ejected_fraction, retry_budget_ratio, retry_budget_floor, retry_budget_window
+    defaults = {},
 }
 
 function _M.set(settings)
@@ -21,6 +22,8 @@ function _M.set(settings)
     end
     if _M.source_name ~= "" then
         _M.source_label = _M.source_name .. ":" .. table.concat(tags, ",")
+    else
+        _M.source_label = ""
     end
 end
 

@@ -62,6 +62,8 @@ function _M.log()
         retries = ctx.a8_retries or 0,
     }
     if ctx.a8_budget_exhausted then record.retry_budget_exhausted = true end
+    -- The delay a delay action chose, in seconds (request_time also holds the upstream's).
+    if ctx.a8_delay then record.delay = ctx.a8_delay end
     local key = ctx.a8_trace_key
     if key and record[key] == nil then record[key] = ctx.a8_trace_value end
     var.a8_log = encode(record)

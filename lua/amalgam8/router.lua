@@ -1,6 +1,6 @@
 -- Per request (rewrite phase): the destination from the first path segment, the route
 -- rule and backend, the action rule and its faults. Everything it reads was compiled once
--- per state version by amalgam8.state.
+-- per state version (amalgam8.compile, kept by amalgam8.state).
 local state = require "amalgam8.state"
 local balancer = require "amalgam8.balancer"
 
@@ -135,7 +135,12 @@ local function apply_actions(rules, backend, ctx)
             if trace_key then
                 ctx.a8_trace_key, ctx.a8_trace_value = trace_key, trace_value
             end
-            if delay > 0 then ngx.sleep(delay) end
+            if fired.delay then
+                -- The delay chosen, for the access log (its distribution is observable
+                -- apart from the machine's load).
+                ctx.a8_delay = delay
+                if delay > 0 then ngx.sleep(delay) end
+            end
             return abort
         end
     end
