@@ -1017,3 +1017,53 @@ class ProxyConfigTests(TestCase):
         self.assertEqual(proxy.command(config, "/usr/sbin/nginx"),
                          ["/usr/sbin/nginx", "-p", "/rt", "-e", "/rt/error.log",
                           "-c", "/rt/nginx.conf"])
+
+    def test_defaults_from_dataplane_json(self):
+        """
+        The data plane's defaults come from amalgam8/schemas/dataplane.json: the renderer
+        passes every one to the Lua configuration and renders the nginx directives that
+        depend on them.
+        """
+        defaults = proxy.dataplane_defaults()
+        self.assertEqual(set(defaults), {
+            "lb", "retries_max", "connect_timeout", "consecutive_errors", "ejection_time",
+            "max_ejected_fraction", "retry_budget_ratio", "retry_budget_floor",
+            "retry_budget_window"})
+        text = proxy.render(proxy.ProxyConfig("/rt"), [])
+        [line] = [line.strip() for line in text.splitlines()
+                  if line.strip().startswith("defaults = {")]
+        for key, value in defaults.items():
+            literal = '"{}"'.format(value) if isinstance(value, str) else repr(value)
+            self.assertIn("{} = {}".format(key, literal), line)
+        self.assertIn("proxy_next_upstream_tries {};".format(defaults["retries_max"] + 1), text)
+        self.assertIn("proxy_connect_timeout {};".format(
+            proxy._nginx_time(defaults["connect_timeout"])), text)
+
+    def test_sidecar_settings_override_ejection_defaults(self):
+        """The sidecar's consecutive_errors and ejection_time replace dataplane.json's."""
+        text = proxy.render(proxy.ProxyConfig("/rt", consecutive_errors=2, ejection_time=7.5),
+                            [])
+        self.assertIn("consecutive_errors = 2,", text)
+        self.assertIn("ejection_time = 7.5,", text)
+
+    def test_nginx_times(self):
+        """Seconds become nginx times: whole seconds as C{s}, the others as C{ms}."""
+        self.assertEqual([proxy._nginx_time(s) for s in (5, 1.0, 0.25, 2.5)],
+                         ["5s", "1s", "250ms", "2500ms"])
+
+    def test_no_lua_literal_repeats_a_default(self):
+        """
+        The Lua modules read the defaults from config.defaults: none of them names a default
+        by value where a setting of dataplane.json is meant.
+        """
+        lua = os.path.join(proxy.lua_root(), "amalgam8")
+        sources = {}
+        for name in sorted(os.listdir(lua)):
+            if name.endswith(".lua"):
+                with open(os.path.join(lua, name)) as f:
+                    sources[name] = f.read()
+        for name, text in sources.items():
+            code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+            self.assertNotIn('"round_robin"', code, name)
+            self.assertNotRegex(code, r"\bWINDOW\b|retries_max\s*=|min\([^)]*\b10\)|\* 2 <=", name)
+        self.assertNotRegex(sources["config.lua"], r"=\s*\d", "config.lua has no numbers")
