@@ -377,7 +377,12 @@ class AdminClient:
         self._timeout = timeout
 
     async def push(self, state):
-        """POST the state; fails with L{AdminRefused} unless the proxy took it."""
+        """
+        POST the state; fails with L{AdminRefused} unless the proxy took it.
+
+        @return: the proxy's answer C{{"version": N, "rejected": [{"id", "error"}]}}: the
+            rules (and instances) it skipped because it could not use them.
+        """
         import json as _json
 
         response = await self._http.post(
