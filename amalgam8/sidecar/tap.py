@@ -115,9 +115,10 @@ class Sidecar(MultiService):
         self._stopping = None
         self.proxy_id = "{}-{}-{}".format(config.service_name or "sidecar", socket.gethostname(),
                                           uuid.uuid4().hex[:8])
-        from amalgam8.sidecar.supervisor import Supervisor
+        from amalgam8.sidecar.supervisor import ProcessGroupSignaller, Supervisor
 
-        self.supervisor = supervisor or Supervisor(reactor, on_terminate=self._app_ended)
+        self.supervisor = supervisor or Supervisor(reactor, ProcessGroupSignaller(),
+                                                   on_terminate=self._app_ended)
         self.registrar = None
         self.health = None
         self.routes = None
