@@ -1,6 +1,7 @@
 """
-Tests for L{amalgam8.sidecar.tap.Sidecar}: the parts joined and started and stopped in the
-order SPEC B4 asks for, with a fake process reactor and in-memory servers.
+Tests for L{amalgam8.sidecar.service}: the sidecar built from its configuration, its parts
+started and stopped in the order SPEC B4 asks for, with a fake process reactor, a fake
+process-group signaller and in-memory servers.
 """
 
 import json
@@ -21,8 +22,8 @@ from amalgam8.registry.api import RegistryAPI
 from amalgam8.registry.store import MemoryStore as InstanceStore
 from amalgam8.sidecar.config import load
 from amalgam8.sidecar.debug import DebugAPI
-from amalgam8.sidecar.tap import Sidecar
-from amalgam8.testing.process import FakeProcessReactor, signal_number
+from amalgam8.sidecar.service import GATED, STOP_ORDER, SidecarService
+from amalgam8.testing.process import FakeProcessReactor, FakeSignaller, signal_number
 
 
 class FakeAdmin(Resource):
@@ -69,12 +70,9 @@ class Routing:
 
 class SidecarTests(SynchronousTestCase):
     def setUp(self):
-        # Fake pids are real numbers: never signal a real process group.
-        def no_group(pid, sig):
-            raise ProcessLookupError(pid)
-
-        self.patch(os, "killpg", no_group)
         self.reactor = FakeProcessReactor()
+        # Group signals reach the fake process leading the group.
+        self.signaller = FakeSignaller(self.reactor)
         self.reactor.advance(1_700_000_000)
         self.reactor.running = True
         auth = Authenticator(modes=("default",), clock=self.reactor)
@@ -88,18 +86,27 @@ class SidecarTests(SynchronousTestCase):
             "127.0.0.1:5813": self.admin,
         })
         self.runtime = self.mktemp()
+        self.made = []
 
-    def sidecar(self, **environ):
+    def sidecar(self, app=("python", "app.py"), **environ):
         env = {"A8_SERVICE": "reviews:v2", "A8_REGISTER": "true", "A8_PROXY": "true",
                "A8_ENDPOINT_PORT": "9080", "A8_ENDPOINT_HOST": "10.0.0.5",
                "A8_REGISTRY_URL": "http://registry:8080",
                "A8_CONTROLLER_URL": "http://controller:8081",
                "A8_RUNTIME_DIR": self.runtime}
         env.update(environ)
-        config = load({}, env, app=("python", "app.py"))
-        sidecar = Sidecar(self.reactor, config, self.http, "/usr/sbin/nginx", [],
-                          propagation_delay=1.0)
-        return sidecar
+        config = load({}, env, app=app)
+        return SidecarService.from_config(
+            self.reactor, config, self.http, nginx_binary="/usr/sbin/nginx", nginx_modules=[],
+            signaller=self.signaller, propagation_delay=1.0, make_directory=self.make_directory,
+            hostname="host1")
+
+    def make_directory(self):
+        """The runtime directory when A8_RUNTIME_DIR is not set (recorded)."""
+        path = self.mktemp()
+        os.makedirs(path)
+        self.made.append(path)
+        return path
 
     def settle(self, seconds=0.01, rounds=10):
         for _ in range(rounds):
