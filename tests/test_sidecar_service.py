@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
+from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 from twisted.web.resource import Resource
 
 from amalgam8.auth import Authenticator
@@ -230,6 +232,12 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertIs(sidecar.part("supervisor"), sidecar.supervisor)
         self.assertEqual([part.parent for part in sidecar], [sidecar] * 8)
         self.assertEqual(GATED, ("apps", "health", "registration"))
+
+    def test_services(self):
+        """The sidecar and each of its parts provide IService."""
+        sidecar = self.sidecar(A8_HEALTHCHECKS="tcp://10.0.0.5:9080")
+        for service in [sidecar] + list(sidecar):
+            self.assertTrue(verifyObject(IService, service), service.name)
 
     def test_register_only_children(self):
         """Without the proxy there is no proxy, route manager or trace shipping."""

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sidecar_supervisor -*-
+# -*- test-case-name: tests.test_sidecar_supervisor,tests.test_sidecar_health -*-
 """
 A fake C{IReactorProcess} for tests of code that runs child processes (health checks, the
 sidecar's supervisor), after L{twisted.runner.test.test_procmon}'s C{DummyProcessReactor}.
