@@ -292,6 +292,23 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertFalse(sidecar.running)
         self.assertIs(sidecar.stopService(), stopping)
 
+    def test_one_deadline_for_the_stop(self):
+        """The whole stop ends by A8_STOP_TIMEOUT: nginx, which ignores QUIT here, gets KILL
+        at the deadline rather than after its grace periods."""
+        sidecar = self.sidecar(A8_STOP_TIMEOUT="3")
+        sidecar.startService()
+        self.settle()
+        start = self.reactor.seconds()
+        stopping = sidecar.stopService()
+        while not stopping.called and self.reactor.seconds() - start < 20:
+            self.settle(0.25, rounds=1)
+        self.successResultOf(stopping)
+        self.assertLessEqual(self.reactor.seconds() - start, 3.25)
+        nginx, app = self.reactor.processes
+        self.assertEqual([signal_number(s) for s in nginx.signals],
+                         [signal.SIGQUIT, signal.SIGKILL])
+        self.assertEqual([signal_number(s) for s in app.signals], [signal.SIGTERM])
+
     def test_stop_before_the_first_state(self):
         """A sidecar stopped while it waits for its first state never starts the app."""
         self.admin.up = False
