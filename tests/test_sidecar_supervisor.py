@@ -16,8 +16,17 @@ from zope.interface.verify import verifyObject
 
 from amalgam8.sidecar import supervisor as supervisor_module
 from amalgam8.sidecar.config import Command
-from amalgam8.sidecar.supervisor import Supervisor, exit_status, group_leader_argv
-from amalgam8.testing.process import FakeProcessReactor
+from amalgam8.sidecar.supervisor import (
+    AfterExit,
+    IProcessSignaller,
+    OnExit,
+    ProcessGroupSignaller,
+    RestartWithBackoff,
+    Supervisor,
+    exit_status,
+    group_leader_argv,
+)
+from amalgam8.testing.process import FIRST_PID, PID_MAX_LIMIT, FakeProcessReactor, FakeSignaller
 
 NGINX = ["nginx", "-p", "/run/a8", "-c", "nginx.conf"]
 ENVIRON = {"PATH": "/usr/bin:/bin", "HOME": "/home/app"}
@@ -30,14 +39,13 @@ class SupervisorTestsMixin:
         self.reactor = FakeProcessReactor(signal_exit_delays={})
         self.lines = []
         self.terminated = []
-        self.killpg = []
-        self.patch(supervisor_module.os, "killpg", self.fake_killpg)
-        self.supervisor = Supervisor(self.reactor, on_terminate=self.terminated.append,
+        # Group signals are recorded, not delivered: self.killpg lists them.
+        self.signaller = FakeSignaller()
+        self.killpg = self.signaller.sent
+        self.supervisor = Supervisor(self.reactor, self.signaller,
+                                     on_terminate=self.terminated.append,
                                      output=lambda name, line: self.lines.append((name, line)),
                                      kill_grace=10, environ=ENVIRON)
-
-    def fake_killpg(self, pgid, sig):
-        self.killpg.append((pgid, sig))
 
     def spawned(self, name):
         """The processes spawned so far for the child named C{name}."""
@@ -311,7 +319,7 @@ class AppTests(SupervisorTestsMixin, SynchronousTestCase):
 
     def test_default_output_is_a_log_event_per_line(self):
         """Without an output callable, each line is a log event prefixed with the name."""
-        supervisor = Supervisor(self.reactor, environ=ENVIRON)
+        supervisor = Supervisor(self.reactor, self.signaller, environ=ENVIRON)
         supervisor.add_app(Command(("app",)), name="web")
         supervisor.startService()
         supervisor.start_apps()
@@ -423,9 +431,7 @@ class AppTests(SupervisorTestsMixin, SynchronousTestCase):
 
     def test_kill_group_before_setsid_ran(self):
         """If the group does not exist yet, the signal goes to the pid."""
-        def no_group(pgid, sig):
-            raise ProcessLookupError(3, "No such process")
-        self.patch(supervisor_module.os, "killpg", no_group)
+        self.signaller.missing = True
         self.supervisor.add_app(Command(("app",), kill_group=True))
         self.supervisor.startService()
         self.supervisor.start_apps()
@@ -488,7 +494,7 @@ class AppTests(SupervisorTestsMixin, SynchronousTestCase):
 
     def test_stop_apps_kill_at_the_deadline(self):
         """With a deadline before the grace period ends, KILL comes at the deadline."""
-        self.supervisor = Supervisor(self.reactor, kill_grace=10, environ=ENVIRON,
+        self.supervisor = Supervisor(self.reactor, self.signaller, kill_grace=10, environ=ENVIRON,
                                      output=lambda *a: None)
         self.supervisor.add_app(Command(("app",)))
         self.supervisor.startService()
@@ -602,7 +608,8 @@ class StopServiceTests(SupervisorTestsMixin, SynchronousTestCase):
         grace period (the proxy's QUIT, then TERM) and leaves no timer behind.
         """
         reactor = FakeProcessReactor()
-        supervisor = Supervisor(reactor, output=lambda *a: None, environ=ENVIRON)
+        supervisor = Supervisor(reactor, FakeSignaller(reactor), output=lambda *a: None,
+                                environ=ENVIRON)
         supervisor.add_proxy(NGINX)
         supervisor.add_app(Command(("app",)))
         supervisor.startService()
@@ -700,7 +707,8 @@ class RealProcessTests(TestCase):
         from twisted.internet import reactor
 
         terminated = Deferred()
-        supervisor = Supervisor(reactor, on_terminate=terminated.callback, kill_grace=5)
+        supervisor = Supervisor(reactor, ProcessGroupSignaller(),
+                                on_terminate=terminated.callback, kill_grace=5)
         supervisor.add_app(Command((sys.executable, "-c",
                                     "import os\n"
                                     "print('hello', os.environ['A8_X'], os.getpid(),\n"
@@ -717,3 +725,105 @@ class RealProcessTests(TestCase):
         [pid] = [e["pid"] for e in events if e.get("log_format", "").startswith("started")]
         self.assertIn("child: hello there {} True".format(pid),
                       [formatEvent(e) for e in events])
+
+
+class PolicyTests(SynchronousTestCase):
+    """The per-kind exit policies, apart from spawning and signalling."""
+
+    def test_restart_with_backoff(self):
+        """Each exit restarts after twice the previous delay, up to the cap."""
+        policy = RestartWithBackoff(min_delay=1, max_delay=5, reset_after=10)
+        self.assertEqual([policy.after_exit(1, 0.5) for _ in range(5)],
+                         [AfterExit("restart", d) for d in (1, 2, 4, 5, 5)])
+        self.assertEqual(policy.name, "restart")
+
+    def test_restart_backoff_resets(self):
+        """A run of reset_after seconds starts the backoff again."""
+        policy = RestartWithBackoff(min_delay=1, max_delay=30, reset_after=10)
+        policy.after_exit(1, 0)
+        policy.after_exit(1, 0)
+        self.assertEqual(policy.after_exit(0, 10), AfterExit("restart", 1))
+        self.assertEqual(policy.after_exit(0, 9.9), AfterExit("restart", 2))
+
+    def test_on_exit(self):
+        """An app's policy answers its on_exit, whatever the exit code; others are refused."""
+        self.assertEqual(OnExit("ignore").after_exit(3, 1), AfterExit("ignore"))
+        self.assertEqual(OnExit("terminate").after_exit(0, 1), AfterExit("terminate"))
+        self.assertRaises(ValueError, OnExit, "restart")
+
+    def test_given_proxy_policy(self):
+        """add_proxy takes a policy; the supervisor carries out what it answers."""
+        reactor = FakeProcessReactor()
+        supervisor = Supervisor(reactor, FakeSignaller(), output=lambda *a: None,
+                                environ=ENVIRON)
+        supervisor.add_proxy(NGINX, policy=RestartWithBackoff(min_delay=0.25))
+        supervisor.startService()
+        reactor.processes[-1].end(1)
+        reactor.advance(0.25)
+        self.assertEqual(len(reactor.processes), 2)
+
+
+class SignallerTests(SupervisorTestsMixin, SynchronousTestCase):
+    """The injected process-group signaller and the fake pids."""
+
+    def test_interfaces(self):
+        """The real and the fake signaller provide IProcessSignaller."""
+        self.assertTrue(verifyObject(IProcessSignaller, ProcessGroupSignaller()))
+        self.assertTrue(verifyObject(IProcessSignaller, FakeSignaller()))
+
+    def test_fake_pids_are_never_real(self):
+        """Fake pids lie above PID_MAX_LIMIT (2**22) and are positive pid_t values."""
+        for _ in range(3):
+            self.reactor.spawnProcess(_Null(), "x", ["x"])
+        pids = [p.pid for p in self.reactor.processes]
+        self.assertEqual(pids, [FIRST_PID, FIRST_PID + 1, FIRST_PID + 2])
+        self.assertTrue(all(PID_MAX_LIMIT < pid < 2 ** 31 for pid in pids))
+
+    def test_fake_signaller_refuses_real_pids(self):
+        """A pgid that could name a real process is refused and not recorded."""
+        self.assertRaises(ValueError, self.signaller.signal_group, 1234, signal.SIGTERM)
+        self.assertRaises(ValueError, self.signaller.signal_group, -FIRST_PID, signal.SIGTERM)
+        self.assertEqual(self.signaller.sent, [])
+
+    def test_fake_signaller_delivers_to_the_leader(self):
+        """Given the reactor, a group signal reaches the live process leading the group."""
+        signaller = FakeSignaller(self.reactor)
+        supervisor = Supervisor(self.reactor, signaller, output=lambda *a: None,
+                                environ=ENVIRON)
+        supervisor.add_app(Command(("app",), kill_group=True))
+        supervisor.startService()
+        supervisor.start_apps()
+        process = self.reactor.processes[-1]
+        supervisor.forward(signal.SIGHUP)
+        self.assertEqual(process.signals, [signal.SIGHUP])
+        self.assertEqual(signaller.sent, [(process.pid, signal.SIGHUP)])
+        pid = process.pid
+        process.end(0)
+        self.assertRaises(ProcessLookupError, signaller.signal_group, pid, signal.SIGKILL)
+
+    def test_signal_proxy_goes_to_the_pid(self):
+        """signal_proxy signals nginx's master itself, never its group."""
+        self.assertFalse(self.supervisor.signal_proxy(signal.SIGUSR1))
+        self.supervisor.add_proxy(NGINX, kill_group=True)
+        self.supervisor.startService()
+        self.assertTrue(self.supervisor.signal_proxy(signal.SIGUSR1))
+        self.assertEqual(self.last("proxy").signals, [signal.SIGUSR1])
+        self.assertEqual(self.killpg, [])
+
+    def test_limit(self):
+        """limit() bounds a later stop: KILL comes at that deadline."""
+        self.supervisor.add_app(Command(("app",)))
+        self.supervisor.startService()
+        self.supervisor.start_apps()
+        self.supervisor.limit(self.reactor.seconds() + 2)
+        Deferred.fromCoroutine(self.supervisor.stop_apps())
+        self.reactor.advance(2)
+        self.assertEqual(self.last("app").signals, [signal.SIGTERM, signal.SIGKILL])
+        self.last("app").end(signal=signal.SIGKILL)
+
+
+class _Null:
+    """A protocol that ignores everything (for spawning bare fake processes)."""
+
+    def makeConnection(self, transport):
+        pass

@@ -1,203 +1,47 @@
 """
-Tests for L{amalgam8.sidecar.tap.Sidecar}: the parts joined and started and stopped in the
-order SPEC B4 asks for, with a fake process reactor and in-memory servers.
+Tests for L{amalgam8.sidecar.tap.makeService}: the twistd plugin's service is the one the
+builder makes from the parsed options (its parts: tests.test_sidecar_service).
 """
 
-import json
-import os
-import signal
-import sys
-from urllib.parse import urlsplit
-
-from treq.testing import StubTreq
-from twisted.internet.defer import succeed
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
 
-from amalgam8.auth import Authenticator
-from amalgam8.controller.api import ControllerAPI
-from amalgam8.controller.store import MemoryStore as RuleStore
-from amalgam8.registry.api import RegistryAPI
-from amalgam8.registry.store import MemoryStore as InstanceStore
+from amalgam8 import logs
 from amalgam8.sidecar.config import load
-from amalgam8.sidecar.debug import DebugAPI
-from amalgam8.sidecar.tap import Sidecar
-from amalgam8.testing.process import FakeProcessReactor, signal_number
+from amalgam8.sidecar.service import SidecarService
+from amalgam8.sidecar.tap import makeService
+from amalgam8.testing.process import FakeProcessReactor
+
+ENVIRON = {"A8_SERVICE": "reviews:v2", "A8_REGISTER": "true", "A8_ENDPOINT_PORT": "9080",
+           "A8_ENDPOINT_HOST": "10.0.0.5", "A8_REGISTRY_URL": "http://registry:8080",
+           "A8_LOG_LEVEL": "warn"}
 
 
-class FakeAdmin(Resource):
-    """The proxy's admin endpoint: records the states pushed."""
-
-    isLeaf = True
-
-    def __init__(self):
-        Resource.__init__(self)
-        self.states = []
-        self.up = True
-
-    def render(self, request):
-        if not self.up:
-            request.setResponseCode(502)
-            return b"{}"
-        self.states.append(json.loads(request.content.read()))
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"version": len(self.states)}).encode()
-
-
-class Routing:
-    """One treq-like client for several in-memory servers, chosen by host:port."""
-
-    def __init__(self, servers):
-        self.stubs = {host: StubTreq(resource) for host, resource in servers.items()}
-
-    def _stub(self, url):
-        return self.stubs[urlsplit(url).netloc]
-
-    def request(self, method, url, **kwargs):
-        return self._stub(url).request(method, url, **kwargs)
-
-    def get(self, url, **kwargs):
-        return self._stub(url).get(url, **kwargs)
-
-    def post(self, url, **kwargs):
-        return self._stub(url).post(url, **kwargs)
-
-    def flush(self):
-        for stub in self.stubs.values():
-            stub.flush()
-
-
-class SidecarTests(SynchronousTestCase):
+class MakeServiceTests(SynchronousTestCase):
     def setUp(self):
-        # Fake pids are real numbers: never signal a real process group.
-        def no_group(pid, sig):
-            raise ProcessLookupError(pid)
-
-        self.patch(os, "killpg", no_group)
         self.reactor = FakeProcessReactor()
-        self.reactor.advance(1_700_000_000)
-        self.reactor.running = True
-        auth = Authenticator(modes=("default",), clock=self.reactor)
-        self.instances = InstanceStore(clock=self.reactor)
-        self.instances.startService()
-        self.addCleanup(self.instances.stopService)
-        self.admin = FakeAdmin()
-        self.http = Routing({
-            "registry:8080": RegistryAPI(self.instances, auth, self.reactor).resource(),
-            "controller:8081": ControllerAPI(RuleStore(), auth, self.reactor).resource(),
-            "127.0.0.1:5813": self.admin,
-        })
-        self.runtime = self.mktemp()
+        self.patch(logs, "_configured", [])
 
-    def sidecar(self, **environ):
-        env = {"A8_SERVICE": "reviews:v2", "A8_REGISTER": "true", "A8_PROXY": "true",
-               "A8_ENDPOINT_PORT": "9080", "A8_ENDPOINT_HOST": "10.0.0.5",
-               "A8_REGISTRY_URL": "http://registry:8080",
-               "A8_CONTROLLER_URL": "http://controller:8081",
-               "A8_RUNTIME_DIR": self.runtime}
-        env.update(environ)
-        config = load({}, env, app=("python", "app.py"))
-        sidecar = Sidecar(self.reactor, config, self.http, "/usr/sbin/nginx", [],
-                          propagation_delay=1.0)
-        return sidecar
+    def test_builds_the_sidecar_service(self):
+        """makeService returns the builder's SidecarService, wired from the options, and
+        arranges for the app's exit code to be the process's; it starts nothing."""
+        options = {"sidecar": load({}, ENVIRON, app=("python", "app.py"))}
+        service = makeService(options, reactor=self.reactor)
+        self.assertIsInstance(service, SidecarService)
+        self.assertEqual([part.name for part in service],
+                         ["supervisor", "debug", "apps", "registration"])
+        self.assertEqual(service.config, options["sidecar"])
+        self.assertEqual(self.reactor.triggers["after"]["shutdown"][0][0].__name__,
+                         "exit_with_app_code")
+        self.assertEqual(self.reactor.processes, [])
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertFalse(service.running)
 
-    def settle(self, seconds=0.01, rounds=10):
-        for _ in range(rounds):
-            self.http.flush()
-            self.reactor.advance(seconds)
-
-    def spawned(self):
-        """The programs started, seen through a setsid(1) wrapper (kill_group)."""
-        names = []
-        for p in self.reactor.processes:
-            args = p.args
-            if os.path.basename(args[0]) == "setsid" or args[:2] == [sys.executable, "-c"]:
-                args = args[args.index("--") + 1:] if "--" in args else args[3:]
-            names.append(args[0])
-        return names
-
-    def registered(self):
-        return [i.id for i in self.successResultOf(self.instances.instances("default"))[1]]
-
-    def test_app_waits_for_first_state(self):
-        """nginx starts first; the app only once the proxy holds its first state; then the
-        instance registers."""
-        self.admin.up = False
-        sidecar = self.sidecar()
-        sidecar.startService()
-        self.settle()
-        self.assertEqual(self.spawned(), ["/usr/sbin/nginx"])
-        self.assertEqual(self.registered(), [])
-        self.admin.up = True
-        self.settle(0.1, rounds=30)
-        self.assertEqual(self.spawned(), ["/usr/sbin/nginx", "python"])
-        self.assertEqual(len(self.registered()), 1)
-        self.assertEqual(sorted(self.admin.states[-1]), ["instances", "rules"])
-
-    def test_proxy_restart_repushes(self):
-        """When nginx dies it is restarted and the state pushed again."""
-        sidecar = self.sidecar()
-        sidecar.startService()
-        self.settle()
-        pushes = len(self.admin.states)
-        self.reactor.processes[0].end(exitCode=1)
-        self.settle(0.5, rounds=10)
-        self.assertEqual(self.spawned().count("/usr/sbin/nginx"), 2)
-        self.assertGreater(len(self.admin.states), pushes)
-
-    def test_graceful_stop_order(self):
-        """A stop deregisters first, waits a propagation interval, then stops the app and
-        then nginx."""
-        sidecar = self.sidecar()
-        sidecar.startService()
-        self.settle()
-        self.assertEqual(len(self.registered()), 1)
-        nginx, app = self.reactor.processes
-        stopping = sidecar.stopService()
-        self.settle(0.01, rounds=5)
-        self.assertEqual(self.registered(), [])
-        self.assertEqual(app.signals, [])
-        self.settle(0.5, rounds=4)
-        self.assertEqual([signal_number(s) for s in app.signals], [signal.SIGTERM])
-        self.assertEqual([signal_number(s) for s in nginx.signals][:1], [signal.SIGQUIT])
-        nginx.end(exitCode=0)
-        self.settle(0.5, rounds=10)
-        self.successResultOf(stopping)
-
-    def test_app_exit_code(self):
-        """An app with on_exit terminate that exits stops the sidecar with its code."""
-        stopped = []
-        self.reactor.stop = lambda: stopped.append(True)
-        sidecar = self.sidecar()
-        sidecar.startService()
-        self.settle()
-        self.reactor.processes[1].end(exitCode=7)
-        self.settle()
-        self.assertEqual((sidecar.exit_code, stopped), (7, [True]))
-
-    def test_register_only(self):
-        """A leaf service without a proxy starts its app at once and registers."""
-        sidecar = self.sidecar(A8_PROXY="false")
-        sidecar.startService()
-        self.settle()
-        self.assertEqual(self.spawned(), ["python"])
-        self.assertEqual(len(self.registered()), 1)
-        self.assertEqual(self.admin.states, [])
-
-    def test_debug_state(self):
-        """GET /state shows the state, versions, registration and children."""
-        sidecar = self.sidecar()
-        sidecar.startService()
-        self.settle()
-        debug = StubTreq(DebugAPI(sidecar).resource())
-        response = self.successResultOf(debug.get("http://127.0.0.1:6116/state"))
-        state = json.loads(self.successResultOf(response.content()))
-        self.assertEqual(state["service"], {"name": "reviews", "tags": ["v2"]})
-        self.assertEqual(len(state["state"]["instances"]), 1)
-        self.assertTrue(state["registration"]["registered"])
-        self.assertEqual(len(state["children"]), 2)
-        self.assertIsNotNone(state["routes"]["pushed"])
-        response = self.successResultOf(debug.get("http://127.0.0.1:6116/metrics"))
-        text = self.successResultOf(response.text())
-        self.assertIn("a8_sidecar_proxy_pushes_total {}.0".format(state["routes"]["pushes"]), text)
-        self.assertIn("a8_sidecar_registered 1.0", text)
+    def test_missing_nginx_is_a_usage_error(self):
+        """With the proxy, a missing nginx is a UsageError naming A8_NGINX."""
+        environ = dict(ENVIRON, A8_PROXY="true", A8_CONTROLLER_URL="http://controller:8081",
+                       A8_NGINX="/nonexistent/nginx")
+        options = {"sidecar": load({}, environ, app=())}
+        error = self.assertRaises(usage.UsageError, makeService, options,
+                                  reactor=self.reactor)
+        self.assertIn("A8_NGINX", str(error))

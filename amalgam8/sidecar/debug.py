@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sidecar_tap -*-
+# -*- test-case-name: tests.test_sidecar_service -*-
 """
 The sidecar's debug API on 127.0.0.1:6116: C{GET /state} shows the instances and rules the
 proxy should hold, the versions pushed, health, registration and the children.

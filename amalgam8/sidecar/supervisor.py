@@ -16,8 +16,9 @@ child is run through C{setsid(1)} (util-linux, which is C{Essential: yes} on Deb
 always in C{/usr/bin}). A child spawned by Twisted is never a process-group leader, so
 C{setsid} calls C{setsid()} and C{exec}s the command in place without forking: the pid we
 hold is the command's pid, its session id and its process-group id, and the exit status is
-the command's own. Signals then go to C{os.killpg(pid, sig)}, so the command's own children
-get them too. Without C{setsid} on the PATH (not Debian), a C{python -c} shim doing
+the command's own. Signals then go to the whole group through the injected
+L{IProcessSignaller} (L{ProcessGroupSignaller}, the one place that calls C{os.killpg}), so the
+command's own children get them too. Without C{setsid} on the PATH (not Debian), a C{python -c} shim doing
 C{os.setsid(); os.execvp(...)} does the same. C{-w} is not used: it only matters when
 C{setsid} forks, and then the pid we hold would no longer lead the new group.
 
@@ -27,6 +28,11 @@ C{on_stdin_close} needs the child's cooperation). Children get C{childFDs={0: "w
 app may watch), and stdout/stderr are captured line by line. The sidecar itself sends TERM to
 every child when it gets SIGTERM or SIGINT (L{Supervisor.forward} and L{Supervisor.stopService}),
 so a sidecar that is stopped, rather than killed, leaves no orphans.
+
+Three concerns, three owners: spawning and the children's output are the L{Supervisor}'s;
+signalling a process group is the L{IProcessSignaller}'s; what happens when a child exits is
+its policy's (L{RestartWithBackoff} for the proxy, L{OnExit} for an app), which answers an
+L{AfterExit} the supervisor carries out.
 """
 
 import os
@@ -34,14 +40,17 @@ import shutil
 import signal
 import sys
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
-__all__ = ["Supervisor", "group_leader_argv", "exit_status"]
+__all__ = ["Supervisor", "group_leader_argv", "exit_status", "IProcessSignaller",
+           "ProcessGroupSignaller", "RestartWithBackoff", "OnExit", "AfterExit"]
 
 _SETSID = shutil.which("setsid")
 _SETSID_SHIM = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
@@ -77,6 +86,86 @@ def exit_status(reason):
     return (1 if code is None else code), None
 
 
+class IProcessSignaller(Interface):
+    """Sends signals to whole process groups (the children run with C{kill_group})."""
+
+    def signal_group(pgid, sig):
+        """
+        Send C{sig} to every process of the group C{pgid}.
+
+        @param pgid: a process-group id (the pid of a child started by L{group_leader_argv}).
+        @param sig: a signal number.
+        @raise ProcessLookupError: no process is in that group (it has not been made yet, or
+            it is empty).
+        @raise OSError: any other refusal (C{PermissionError}, ...).
+        """
+
+
+@implementer(IProcessSignaller)
+class ProcessGroupSignaller:
+    """The real L{IProcessSignaller}: C{os.killpg}, and the only caller of it."""
+
+    def signal_group(self, pgid, sig):
+        os.killpg(pgid, sig)
+
+
+@attrs.frozen
+class AfterExit:
+    """
+    A policy's answer to a child's exit.
+
+    @ivar action: C{"restart"} (after C{delay} seconds), C{"ignore"} (leave it ended) or
+        C{"terminate"} (stop the sidecar with the child's exit code).
+    @ivar delay: seconds before the restart, for C{"restart"}.
+    """
+
+    action: str
+    delay: float = None
+
+
+@attrs.define
+class RestartWithBackoff:
+    """
+    The proxy's policy: restart it whenever it dies, after C{min_delay} seconds, doubling up
+    to C{max_delay} while it keeps dying; a run of C{reset_after} seconds or more starts the
+    backoff again from C{min_delay}. One instance per child (it holds the next delay).
+    """
+
+    name = "restart"
+
+    min_delay: float = 1.0
+    max_delay: float = 30.0
+    reset_after: float = 10.0
+    _delay: float = attrs.field(init=False, default=None)
+
+    def after_exit(self, code, uptime):
+        """
+        @param code: the exit code (unused: every exit is restarted).
+        @param uptime: seconds the child ran.
+        @return: an L{AfterExit} C{restart} with the delay.
+        """
+        if self._delay is None or uptime >= self.reset_after:
+            self._delay = self.min_delay
+        delay = self._delay
+        self._delay = min(delay * 2, self.max_delay)
+        return AfterExit("restart", delay)
+
+
+@attrs.frozen
+class OnExit:
+    """
+    An app's policy (C{on_exit} of SPEC A5): C{ignore} leaves an app that ended alone,
+    C{terminate} stops the sidecar with its exit code. Apps are never restarted.
+    """
+
+    name: str = attrs.field(default="ignore",
+                            validator=attrs.validators.in_(("ignore", "terminate")))
+
+    def after_exit(self, code, uptime):
+        """@return: an L{AfterExit} whose action is this policy's name."""
+        return AfterExit(self.name)
+
+
 def _signame(sig):
     try:
         return signal.Signals(sig).name
@@ -87,22 +176,20 @@ def _signame(sig):
 class _Child:
     """One supervised command (across its restarts)."""
 
-    def __init__(self, name, kind, argv, env, path, kill_group, on_exit="ignore",
-                 on_start=None):
+    def __init__(self, name, kind, argv, env, path, kill_group, policy, on_start=None):
         self.name = name
         self.kind = kind                # "proxy" | "app"
         self.argv = list(argv)
         self.env = env                  # dict, or None: the sidecar's environment
         self.path = path
         self.kill_group = kill_group
-        self.on_exit = on_exit
+        self.policy = policy            # RestartWithBackoff | OnExit
         self.on_start = on_start
         self.proto = None               # the _ChildProtocol of the latest spawn
         self.wanted = True              # False once stopped: never (re)started again
         self.stopping = False           # a stop we asked for is under way
         self.spawns = 0
         self.restarts = 0
-        self.delay = None               # the next restart delay (proxy)
         self.restart_call = None
         self.last_exit = None
         self.last_signal = None
@@ -180,7 +267,8 @@ class Supervisor(Service):
     Stopping (L{stopService}) stops the apps, then the proxy, and fires when every child has
     exited; nothing is restarted once a stop began.
 
-    @ivar min_restart_delay: the proxy's first restart delay, in seconds.
+    @ivar min_restart_delay: the proxy's first restart delay, in seconds (the default of
+        its L{RestartWithBackoff}).
     @ivar max_restart_delay: the restart delay doubles up to this.
     @ivar reset_after: a proxy that stayed up this long restarts after C{min_restart_delay}
         again.
@@ -194,10 +282,13 @@ class Supervisor(Service):
     reset_after = 10.0
     output_linger = 1.0
 
-    def __init__(self, reactor, on_terminate=None, output=None, kill_grace=10.0,
+    def __init__(self, reactor, signaller, on_terminate=None, output=None, kill_grace=10.0,
                  environ=None):
         """
         @param reactor: an L{IReactorProcess} and L{IReactorTime} provider.
+        @param signaller: the L{IProcessSignaller} that signals C{kill_group} children's
+            process groups (L{ProcessGroupSignaller}; tests give
+            L{amalgam8.testing.process.FakeSignaller}).
         @param on_terminate: called with the exit code (128 + signal for a signal death) when
             an app with C{on_exit: terminate} exits on its own (also after L{forward}); the
             sidecar then stops everything and exits with that code. Called at most once, and
@@ -210,6 +301,7 @@ class Supervisor(Service):
         """
         self._reactor = reactor
         self._clock = IReactorTime(reactor)
+        self._signaller = signaller
         self._on_terminate = on_terminate
         self._output = output if output is not None else self._log_line
         self.kill_grace = kill_grace
@@ -224,7 +316,7 @@ class Supervisor(Service):
     # -- adding children ---------------------------------------------------------------
 
     def add_proxy(self, argv, env=None, path=None, on_start=None, name="proxy",
-                  kill_group=False):
+                  kill_group=False, policy=None):
         """
         The proxy: spawned when the service starts (at once if it runs), restarted with
         exponential backoff whenever it dies; C{on_start()} is called after each spawn.
@@ -237,14 +329,18 @@ class Supervisor(Service):
         @param argv: the command line (C{argv[0]} is looked up on the PATH).
         @param env: its environment (default: the sidecar's).
         @param path: its working directory (default: ours).
+        @param policy: what to do when it exits (default: a L{RestartWithBackoff} with this
+            supervisor's C{min_restart_delay}, C{max_restart_delay} and C{reset_after}).
         """
         if self._proxy is not None:
             raise ValueError("the proxy was added already")
         if name in self._children:
             raise ValueError("a child named {!r} exists already".format(name))
+        if policy is None:
+            policy = RestartWithBackoff(self.min_restart_delay, self.max_restart_delay,
+                                        self.reset_after)
         child = _Child(name, "proxy", argv, None if env is None else dict(env), path,
-                       kill_group=kill_group, on_start=on_start)
-        child.delay = self.min_restart_delay
+                       kill_group=kill_group, policy=policy, on_start=on_start)
         self._proxy = child
         self._children[name] = child
         if self.running:
@@ -273,7 +369,7 @@ class Supervisor(Service):
             key, _, value = entry.partition("=")
             env[key] = value
         child = _Child(name, "app", command.cmd, env, None, kill_group=command.kill_group,
-                       on_exit=command.on_exit)
+                       policy=OnExit(command.on_exit))
         self._children[name] = child
         if self.running and self._apps_started and not self._apps_stopped:
             self._spawn(child)
@@ -357,7 +453,7 @@ class Supervisor(Service):
     def _kill_leftovers(self, proto):
         """The proxy's leader exited: SIGKILL what is left of its group (orphaned workers)."""
         try:
-            os.killpg(proto.pid, signal.SIGKILL)
+            self._signaller.signal_group(proto.pid, signal.SIGKILL)
         except ProcessLookupError:
             return                      # nothing left: the usual case
         except OSError as e:
@@ -390,18 +486,14 @@ class Supervisor(Service):
         if child.stopping or not child.wanted:
             self.log.info("{name} {how}", name=child.name, how=how, code=code, signal=sig)
             return
-        if child.kind == "proxy":
-            if not self.running:
-                self.log.info("{name} {how}", name=child.name, how=how, code=code, signal=sig)
-                return
-            if uptime >= self.reset_after:
-                child.delay = self.min_restart_delay
-            delay = child.delay
-            child.delay = min(child.delay * 2, self.max_restart_delay)
+        verdict = child.policy.after_exit(code, uptime)
+        if verdict.action == "restart" and not self.running:
+            self.log.info("{name} {how}", name=child.name, how=how, code=code, signal=sig)
+        elif verdict.action == "restart":
             self.log.warn("{name} {how}; restarting in {delay} s", name=child.name, how=how,
-                          code=code, signal=sig, delay=delay)
-            child.restart_call = self._clock.callLater(delay, self._restart, child)
-        elif child.on_exit == "terminate":
+                          code=code, signal=sig, delay=verdict.delay)
+            child.restart_call = self._clock.callLater(verdict.delay, self._restart, child)
+        elif verdict.action == "terminate":
             log = self.log.info if code == 0 else self.log.warn
             log("{name} {how}; stopping (on_exit: terminate)", name=child.name, how=how,
                 code=code, signal=sig)
@@ -430,15 +522,18 @@ class Supervisor(Service):
 
     # -- signals and stopping ----------------------------------------------------------
 
-    def _signal(self, child, sig):
-        """Send C{sig} to the child (its whole group with kill_group); False if it is gone."""
+    def _signal(self, child, sig, group=True):
+        """
+        Send C{sig} to the child (its whole group with kill_group, unless C{group} is false);
+        False if it is gone.
+        """
         proto = child.proto
         if proto is None or proto.exited or proto.transport is None:
             return False
         pid = proto.transport.pid
-        if child.kill_group and pid:
+        if group and child.kill_group and pid:
             try:
-                os.killpg(pid, sig)
+                self._signaller.signal_group(pid, sig)
                 return True
             except ProcessLookupError:
                 pass                    # setsid has not run yet: signal the pid itself
@@ -453,6 +548,17 @@ class Supervisor(Service):
             self.log.warn("cannot signal {name}: {why}", name=child.name, why=str(e))
             return False
         return True
+
+    def signal_proxy(self, sig):
+        """
+        Send C{sig} to the proxy's own process, not to its group (C{SIGUSR1}: nginx's master
+        reopens its log files and tells its workers).
+
+        @return: whether it was sent (False without a running proxy).
+        """
+        if self._proxy is None:
+            return False
+        return self._signal(self._proxy, sig, group=False)
 
     def forward(self, sig):
         """Forward a signal (such as SIGTERM or SIGINT) to every running app."""
@@ -528,6 +634,13 @@ class Supervisor(Service):
             await self._stop_child(self._proxy, (signal.SIGQUIT, signal.SIGTERM,
                                                  signal.SIGKILL), deadline)
 
+    def limit(self, deadline):
+        """
+        Bound every stop from now on by C{deadline}, an absolute time on the reactor's clock
+        (the earliest deadline given holds: SPEC B4's one deadline for the whole stop).
+        """
+        self._note_deadline(deadline)
+
     def _note_deadline(self, deadline):
         """Remember the earliest deadline given; return it (one deadline for the stop)."""
         if deadline is not None and (self._deadline is None or deadline < self._deadline):
@@ -579,6 +692,6 @@ class Supervisor(Service):
             "last_exit": c.last_exit,
             "last_signal": c.last_signal,
             "argv": list(c.argv),
-            "on_exit": "restart" if c.kind == "proxy" else c.on_exit,
+            "on_exit": c.policy.name,
             "kill_group": c.kill_group,
         } for c in self._children.values()]

@@ -20,7 +20,8 @@ _RUNNING = object()
 class TraceShipper(Service):
     """
     @param clock: C{IReactorTime}.
-    @param path: the access log nginx writes.
+    @param path: the access log nginx writes, or a callable returning it (read when it is
+        needed: the proxy's runtime directory is only made when the proxy starts).
     @param send: C{records -> Deferred} (the controller client's C{post_traces}).
     @param reopen: called after a rotation so nginx writes a new file (SIGUSR1 to nginx).
     @param interval: seconds between reads of the log.
@@ -35,7 +36,7 @@ class TraceShipper(Service):
     def __init__(self, clock, path, send, reopen=None, interval=0.5, batch=500,
                  max_bytes=64 * 1024 * 1024, keep=3, buffer_limit=10000):
         self._clock = clock
-        self.path = path
+        self._path = path
         self._send = send
         self._reopen = reopen
         self._interval = interval
@@ -53,6 +54,11 @@ class TraceShipper(Service):
         self.dropped = 0
         self.read_lines = 0
         self.rotations = 0
+
+    @property
+    def path(self):
+        """The access log followed."""
+        return self._path() if callable(self._path) else self._path
 
     def startService(self):
         Service.startService(self)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sidecar_health -*-
+# -*- test-case-name: tests.test_sidecar_supervisor,tests.test_sidecar_health -*-
 """
 A fake C{IReactorProcess} for tests of code that runs child processes (health checks, the
 sidecar's supervisor), after L{twisted.runner.test.test_procmon}'s C{DummyProcessReactor}.
@@ -13,6 +13,12 @@ A signal sent to a fake process ends it after a per-signal delay on the reactor'
 (C{signal_exit_delays}, default: TERM, INT and KILL end it at once, at the next
 C{advance(0)}); a signal mapped to L{None} is recorded and otherwise ignored, like a child that
 traps it.
+
+Fake pids can never name a real process: they start at L{FIRST_PID} (2**30), far above
+C{PID_MAX_LIMIT} (2**22, the most C{/proc/sys/kernel/pid_max} may be set to) and still a
+positive C{pid_t}, so even a stray C{kill(pid)}, C{kill(-pid)} or C{killpg(pid)} could only
+fail with ESRCH. Group signals go through L{FakeSignaller}, the fake
+L{amalgam8.sidecar.supervisor.IProcessSignaller}: tests never patch C{os}.
 """
 
 import signal as _signal
@@ -24,7 +30,15 @@ from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-__all__ = ["FakeProcessReactor", "FakeProcessTransport", "signal_number"]
+from amalgam8.sidecar.supervisor import IProcessSignaller
+
+__all__ = ["FakeProcessReactor", "FakeProcessTransport", "FakeSignaller", "signal_number",
+           "FIRST_PID", "PID_MAX_LIMIT"]
+
+# The kernel's ceiling of pid_max (include/linux/threads.h, 64-bit): no pid reaches it.
+PID_MAX_LIMIT = 2 ** 22
+# The first fake pid: above any real pid, and a positive pid_t (below 2**31).
+FIRST_PID = 2 ** 30
 
 _DEFAULT_FDS = {0: "w", 1: "r", 2: "r"}
 
@@ -194,7 +208,7 @@ class FakeProcessReactor(MemoryReactorClock):
         self.signal_exit_delays = (
             {"TERM": 0.0, "INT": 0.0, "KILL": 0.0}
             if signal_exit_delays is None else dict(signal_exit_delays))
-        self._next_pid = 1000
+        self._next_pid = FIRST_PID
 
     @property
     def live_processes(self):
@@ -205,10 +219,45 @@ class FakeProcessReactor(MemoryReactorClock):
                      uid=None, gid=None, usePTY=False, childFDs=None):
         if self.spawn_error is not None:
             raise self.spawn_error
-        self._next_pid += 1
+        pid, self._next_pid = self._next_pid, self._next_pid + 1
         transport = FakeProcessTransport(
             self, processProtocol, executable, args, env, path, uid, gid, usePTY, childFDs,
-            self._next_pid, self.signal_exit_delays)
+            pid, self.signal_exit_delays)
         self.processes.append(transport)
         processProtocol.makeConnection(transport)
         return transport
+
+
+@implementer(IProcessSignaller)
+class FakeSignaller:
+    """
+    The fake L{IProcessSignaller}: records every group signal in C{sent} as C{(pgid, sig)}.
+
+    Without a reactor it does nothing more (a test then reads C{sent}). Given a
+    L{FakeProcessReactor}, a signal to the group of one of its live processes is delivered to
+    that process (the group's leader, as C{setsid} makes it) through its C{signalProcess};
+    a group with no live leader raises L{ProcessLookupError}, as C{os.killpg} does. With
+    C{missing}, every group is missing (the moment before C{setsid} ran).
+
+    A pgid that could name a real process (not a fake pid) is refused with L{ValueError}:
+    a test that gets there has a real pid in its hands.
+    """
+
+    def __init__(self, reactor=None, missing=False):
+        self._reactor = reactor
+        self.missing = missing
+        self.sent = []
+
+    def signal_group(self, pgid, sig):
+        if not isinstance(pgid, int) or pgid <= PID_MAX_LIMIT:
+            raise ValueError("{!r} is not a fake pid: refusing to signal it".format(pgid))
+        self.sent.append((pgid, sig))
+        if self.missing:
+            raise ProcessLookupError(3, "No such process")
+        if self._reactor is None:
+            return
+        for process in self._reactor.live_processes:
+            if process.pid == pgid:
+                process.signalProcess(sig)
+                return
+        raise ProcessLookupError(3, "No such process")
