@@ -25,7 +25,8 @@ It holds:
    L{H2load}, L{parse_h2load} and L{parse_h2load_log};
  - CPU and RSS from /proc: L{sched_cpu_ns}, L{stat_cpu_s}, L{rss_bytes}, L{descendants},
    L{sample_window}, L{wait_quiet} (each takes C{proc=} for a fake /proc in tests);
- - L{percentile}, L{alternating}, L{table}, L{wrap};
+ - L{percentile}, L{alternating}, L{compare} (a baseline and a subject in alternating
+   rounds: L{Comparison}), L{table}, L{wrap};
  - plain HTTP: L{request}, L{get_many}, L{request_bytes}, L{metric}, L{push_state}.
 
 Everything here blocks (these are scripts, not reactor code); the tests (tests/test_benchlib.py)
@@ -59,7 +60,7 @@ __all__ = [
     "HERE", "ROOT", "HOST", "BenchError", "Missing", "log", "loadavg", "raise_nofile",
     "free_ports", "need", "twistd", "handle_signals", "children", "descendants", "comm",
     "stat_cpu_s", "sched_cpu_ns", "rss_bytes", "cpu_ns", "sample_window", "wait_quiet",
-    "percentile", "best", "alternating", "table", "wrap", "request", "get_many",
+    "percentile", "best", "alternating", "Comparison", "compare", "table", "wrap", "request", "get_many",
     "request_bytes", "metric", "push_state", "Process", "Server", "Processes",
     "twistd_server", "plain_twisted_web", "nginx_binary", "start_nginx", "start_upstream",
     "start_nginx_proxy", "start_haproxy", "start_amalgam8_proxy", "versions", "WrkResult",
@@ -282,6 +283,39 @@ def alternating(items, round_number):
     """C{items} in order for even rounds, reversed for odd ones."""
     items = list(items)
     return items[::-1] if round_number % 2 else items
+
+
+class Comparison:
+    """
+    The rounds of one thing measured (C{runs}) beside its baseline (C{baseline_runs}), round
+    by round: each side's best round, the ratio of the bests and the ratio in each round.
+    """
+
+    def __init__(self, runs, baseline_runs):
+        self.runs = runs
+        self.baseline_runs = baseline_runs
+        self.best = best(runs)
+        self.baseline = best(baseline_runs)
+
+    @property
+    def ratio(self):
+        return self.best.rps / self.baseline.rps if self.baseline.rps else 0.0
+
+    def round_ratios(self):
+        return [r.rps / b.rps if b.rps else 0.0 for r, b in zip(self.runs, self.baseline_runs)]
+
+
+def compare(baseline, subject, rounds, run):
+    """
+    C{run(server, round_number)} for C{baseline} and C{subject} in each of C{rounds} rounds,
+    adjacent in time and in alternating order (baseline first, then subject first, ...); a
+    L{Comparison} of the results.
+    """
+    runs = {id(baseline): [], id(subject): []}
+    for round_number in range(rounds):
+        for server in alternating((baseline, subject), round_number):
+            runs[id(server)].append(run(server, round_number))
+    return Comparison(runs[id(subject)], runs[id(baseline)])
 
 
 def table(rows, header, right=None):
@@ -537,7 +571,8 @@ class Server(Process):
 
 class Processes:
     """
-    The processes a benchmark started: C{start(process)} starts and keeps one; leaving the
+    The processes a benchmark started: C{start(process)} starts and keeps one, C{add(process)}
+    keeps one already started; leaving the
     C{with} block (however it is left) stops them all, the last started first.
     """
 
@@ -547,6 +582,11 @@ class Processes:
     def start(self, process, *args, **kwargs):
         self.started.append(process)
         return process.start(*args, **kwargs)
+
+    def add(self, process):
+        """Keep a process that is already started (by one of the C{start_*} functions)."""
+        self.started.append(process)
+        return process
 
     def stop(self):
         while self.started:
@@ -605,16 +645,16 @@ events {{
 http {{
     access_log off;
     server_tokens off;
-    client_body_temp_path {p}/tmp/body;
-    proxy_temp_path {p}/tmp/proxy;
-    fastcgi_temp_path {p}/tmp/fastcgi;
-    uwsgi_temp_path {p}/tmp/uwsgi;
-    scgi_temp_path {p}/tmp/scgi;
+{temp_paths}
     keepalive_requests 1000000;
     keepalive_timeout 60s;
 {body}
 }}
 """
+
+# Where nginx keeps the bodies it buffers, one folder each under PREFIX/tmp.
+TEMP_PATHS = (("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"),
+              ("uwsgi", "uwsgi"), ("scgi", "scgi"))
 
 
 def start_nginx(binary, base, name, body, ports):
@@ -626,8 +666,10 @@ def start_nginx(binary, base, name, body, ports):
     for sub in ("", "logs", "tmp"):
         os.makedirs(os.path.join(prefix, sub), exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
+    temp_paths = "\n".join("    {}_temp_path {}/tmp/{};".format(kind, prefix, folder)
+                           for kind, folder in TEMP_PATHS)
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(p=prefix, body=body))
+        f.write(NGINX_CONF.format(p=prefix, temp_paths=temp_paths, body=body))
     error_log = os.path.join(prefix, "logs", "error.log")
     proc = Process(name, [binary, "-p", prefix, "-e", error_log, "-c", conf], base,
                    extra_logs=[error_log])
@@ -943,14 +985,17 @@ class H2load:
         except subprocess.TimeoutExpired:
             raise BenchError("h2load did not finish in time")
         finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+            self.kill()
         output = out.decode("utf-8", "replace")
         if self.process.returncode != 0:
             raise BenchError("h2load failed (status {}):\n{}".format(
                 self.process.returncode, output))
         return parse_h2load(output)
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def run(self, timeout):
         return self.start().wait(timeout)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from bench import benchlib as bl
 
@@ -195,6 +195,34 @@ class FiguresTests(SynchronousTestCase):
         self.assertEqual(bl.alternating("abc", 0), ["a", "b", "c"])
         self.assertEqual(bl.alternating("abc", 1), ["c", "b", "a"])
         self.assertEqual(bl.alternating(("a", "b"), 4), ["a", "b"])
+
+
+class CompareTests(SynchronousTestCase):
+    """L{bl.compare} and L{bl.Comparison}."""
+
+    def test_alternating_rounds(self):
+        """Baseline first in even rounds, subject first in odd ones; bests and ratios."""
+        calls = []
+        rates = {("base", 0): 100.0, ("subj", 0): 50.0, ("subj", 1): 90.0, ("base", 1): 80.0}
+
+        def run(server, round_number):
+            calls.append((server, round_number))
+            return bl.WrkResult.from_json(wrk_data(rps=rates[server, round_number]))
+
+        result = bl.compare("base", "subj", 2, run)
+        self.assertEqual(calls, [("base", 0), ("subj", 0), ("subj", 1), ("base", 1)])
+        self.assertEqual(result.best.rps, 90.0)
+        self.assertEqual(result.baseline.rps, 100.0)
+        self.assertEqual(result.ratio, 0.9)
+        self.assertEqual(result.round_ratios(), [0.5, 90.0 / 80.0])
+        self.assertEqual([r.rps for r in result.runs], [50.0, 90.0])
+
+    def test_zero_baseline(self):
+        """A baseline that completed nothing gives ratios of 0, not a ZeroDivisionError."""
+        zero = bl.WrkResult.from_json(wrk_data(rps=0.0))
+        some = bl.WrkResult.from_json(wrk_data(rps=10.0))
+        result = bl.Comparison([some], [zero])
+        self.assertEqual((result.ratio, result.round_ratios()), (0.0, [0.0]))
 
 
 class TableTests(SynchronousTestCase):
@@ -486,6 +514,24 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual((status, body), (200, b'{"rules":[]}'))
         self.assertEqual(bl.get_many(server.port, "/", count=3), [(200, b'{"rules":[]}')] * 3)
         self.assertEqual(server.url, "http://127.0.0.1:{}".format(server.port))
+        bl.push_state(server.port, {"instances": [], "rules": []})  # answered 200: no error
         server.stop()
         self.assertIsNotNone(server.process.returncode)
         self.assertRaises(OSError, bl.request, server.port, "GET", "/", timeout=5)
+
+    def test_upstream_nginx(self):
+        """start_upstream: a plain nginx answering each port's text; stopped with its worker."""
+        try:
+            binary = bl.nginx_binary()
+        except bl.Missing as e:
+            raise SkipTest(str(e))
+        one, two = bl.free_ports(2)
+        nginx = bl.start_upstream(binary, self.logdir, [(one, "v1\n"), (two, "v2\n")])
+        self.addCleanup(nginx.stop)
+        self.assertEqual(bl.get_many(one, "/any", count=2), [(200, b"v1\n")] * 2)
+        self.assertEqual(bl.get_many(two, "/"), [(200, b"v2\n")])
+        workers = nginx.pids()
+        self.assertGreaterEqual(len(workers), 2)  # the master and its worker
+        nginx.stop()
+        for pid in workers:
+            self.assertTrue(gone(pid), "nginx process {} outlived stop()".format(pid))
