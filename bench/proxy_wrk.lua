@@ -1,20 +1,15 @@
 -- wrk script for bench/proxy: no per-request Lua (no request() or response() callback, so wrk
--- runs at full C speed); when the run is over it prints one machine-readable line
+-- runs at full C speed); when the run is over it prints the WRK_JSON line of wrk_json.lua with
 --
---   WRK_JSON {"requests":N,"duration_us":N,"rps":F,"p50_us":N,"p90_us":N,"p99_us":N,
---             "max_us":N,"bad_status":N,"socket_errors":{...}}
+--   "bad_status":N
 --
--- bad_status is wrk's own count of answers with a status above 399 (summary.errors.status).
+-- wrk's own count of answers with a status above 399 (summary.errors.status).
 --
 --   wrk -t1 -c50 -d5s --latency -s bench/proxy_wrk.lua http://127.0.0.1:PORT/svc/bench
 
+local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
+dofile(here .. "wrk_json.lua")
+
 function done(summary, latency, requests)
-   local e = summary.errors
-   io.write(string.format(
-      'WRK_JSON {"requests":%d,"duration_us":%d,"rps":%.3f,"p50_us":%d,"p90_us":%d,' ..
-      '"p99_us":%d,"max_us":%d,"bad_status":%d,' ..
-      '"socket_errors":{"connect":%d,"read":%d,"write":%d,"timeout":%d}}\n',
-      summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
-      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-      e.status, e.connect, e.read, e.write, e.timeout))
+   write_json(summary, latency, {{"bad_status", summary.errors.status}})
 end
