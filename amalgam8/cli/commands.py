@@ -46,8 +46,11 @@ class WaitTimeout(CommandError):
     """C{--wait} ran out of time before every proxy had the change."""
 
 
-class RuleRejected(CommandError):
-    """C{--wait}: a proxy applied the revision but skipped a rule it could not compile."""
+class RuleRejected(WaitTimeout):
+    """
+    C{--wait}: a proxy applied the revision but skipped a rule it could not compile. Like
+    L{WaitTimeout}, the change was made but is not live (so main reports the change first).
+    """
 
 
 @attrs.define
