@@ -30,6 +30,7 @@ __all__ = [
     "SCHEMA",
     "InvalidRule",
     "pattern_error",
+    "weight_in_range",
     "weights_exceed_one",
     "validate_rule",
     "validate_rules",
@@ -207,6 +208,12 @@ def _check_route(route, index):
             _fail(index, ["route", "backends", n, "lb_type"], "disagrees with lb")
     if weights_exceed_one(total):
         _fail(index, ["route", "backends"], "weights add up to {:g}, more than 1".format(total))
+
+
+def weight_in_range(weight):
+    """Whether one backend's C{weight} is allowed (the schema's bounds: 0 < w <= 1)."""
+    bounds = SCHEMA["$defs"]["backend"]["properties"]["weight"]
+    return bounds["exclusiveMinimum"] < weight <= bounds["maximum"]
 
 
 def weights_exceed_one(total):

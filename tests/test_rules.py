@@ -23,6 +23,7 @@ from amalgam8.rules import (
     kind_of,
     pattern_error,
     sort_key,
+    weight_in_range,
     validate_rule,
     validate_rules,
     weights_exceed_one,
@@ -481,3 +482,8 @@ class DataplaneDefaultsTests(SynchronousTestCase):
         self.assertFalse(weights_exceed_one(0.1 + 0.2 + 0.7))
         self.assertFalse(weights_exceed_one(1 + rules_module.WEIGHT_SLACK))
         self.assertTrue(weights_exceed_one(1 + 2 * rules_module.WEIGHT_SLACK))
+
+    def test_weight_range(self):
+        """One backend's weight: above 0 and at most 1 (SPEC A3), as the schema says."""
+        self.assertEqual([weight_in_range(w) for w in (0, 1e-12, 0.5, 1, 1.0000001, -1)],
+                         [False, True, True, True, False, False])

@@ -19,7 +19,7 @@ import re
 import attrs
 
 from amalgam8.durations import parse_duration
-from amalgam8.rules import pattern_error, weights_exceed_one
+from amalgam8.rules import pattern_error, weight_in_range, weights_exceed_one
 
 __all__ = [
     "BadSyntax",
@@ -216,7 +216,7 @@ def parse_selector(text):
                 weight = float(value)
             except ValueError:
                 weight = None
-            if weight is None or not 0 < weight <= 1:
+            if weight is None or not weight_in_range(weight):
                 raise BadSyntax("bad selector {!r}: weight must be a number above 0 and at "
                                 "most 1, not {!r}".format(text, value))
         elif key == "user":
