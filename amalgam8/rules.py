@@ -1,15 +1,21 @@
 # -*- test-case-name: tests.test_rules -*-
 """
-The rule format: its JSON Schema (draft 2020-12, C{amalgam8/schemas/rule.json}), the checks a
-schema cannot express, and the defaults the data plane applies. The controller, a8ctl and
-Gremlin all validate rules here.
+The rule format, and its only validator: the JSON Schema (draft 2020-12,
+C{amalgam8/schemas/rule.json}), the checks a schema cannot express, and the data plane's
+defaults and limits (C{amalgam8/schemas/dataplane.json}, which the proxy's configuration is
+rendered from too). The controller, a8ctl and Gremlin all validate rules here.
+
+Header patterns are compiled by the regular-expression engine the proxy's C{ngx.re} runs,
+with the options it uses (L{PATTERN_ENGINE}), so that a rule the controller accepts compiles
+in every proxy.
 
 Rules are stored and returned as they were written (plus a server-assigned C{id} when the
 client gave none); defaults are applied by readers (the proxy), never written into a rule.
 """
 
+import ctypes
+import ctypes.util
 import json
-import re
 import uuid
 from importlib import resources
 
@@ -18,8 +24,14 @@ from jsonschema import Draft202012Validator
 from amalgam8.errors import InvalidRequest
 
 __all__ = [
+    "DATAPLANE_DEFAULTS",
+    "PATTERN_ENGINE",
+    "WEIGHT_SLACK",
     "SCHEMA",
     "InvalidRule",
+    "pattern_error",
+    "weight_in_range",
+    "weights_exceed_one",
     "validate_rule",
     "validate_rules",
     "sort_key",
@@ -29,7 +41,62 @@ __all__ = [
 SCHEMA_BYTES = resources.files("amalgam8.schemas").joinpath("rule.json").read_bytes()
 SCHEMA = json.loads(SCHEMA_BYTES)
 _validator = Draft202012Validator(SCHEMA)
+
+DATAPLANE_DEFAULTS = json.loads(
+    resources.files("amalgam8.schemas").joinpath("dataplane.json").read_bytes())
+"""The data plane's defaults and limits (C{lb}, C{retries_max}, timeouts, ejection, budget)."""
+
 WEIGHT_SLACK = 1e-9
+"""How far above 1 backend weights may add up (rounding: 0.1 + 0.2 + 0.7)."""
+
+
+class _Pcre:
+    """
+    The PCRE library the proxy's C{ngx.re} calls: Debian 12's lua-nginx-module (0.10.23)
+    links C{libpcre.so.3} (PCRE 8.x; nginx itself links PCRE2, which C{ngx.re} does not use).
+    Our Lua passes the flags C{"jo"} (C{"j"} for its check): JIT and the compile cache, which
+    add no compile options, so the proxy calls C{pcre_compile(pattern, 0, ...)} with no
+    character tables; a failed JIT study is not an error there, so it is not one here.
+    """
+
+    name = "PCRE"
+
+    def __init__(self, soname="libpcre.so.3"):
+        path = ctypes.util.find_library("pcre") or soname
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise ImportError(
+                "amalgam8.rules checks header patterns with the proxy's regular-expression "
+                "library, {} (Debian: libpcre3): {}".format(soname, e))
+        lib.pcre_compile.restype = ctypes.c_void_p
+        lib.pcre_compile.argtypes = [ctypes.c_char_p, ctypes.c_int,
+                                     ctypes.POINTER(ctypes.c_char_p),
+                                     ctypes.POINTER(ctypes.c_int), ctypes.c_void_p]
+        lib.pcre_version.restype = ctypes.c_char_p
+        self._compile = lib.pcre_compile
+        self._free = ctypes.CFUNCTYPE(None, ctypes.c_void_p).in_dll(lib, "pcre_free")
+        self.version = lib.pcre_version().decode("ascii", "replace")
+
+    def error(self, pattern):
+        """L{None} when C{pattern} compiles in the proxy, else why not."""
+        try:
+            data = pattern.encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode"
+        message = ctypes.c_char_p()
+        offset = ctypes.c_int()
+        # Like the proxy, which hands PCRE the Lua string: it ends at a NUL byte.
+        code = self._compile(data, 0, ctypes.byref(message), ctypes.byref(offset), None)
+        if code:
+            self._free(code)
+            return None
+        return "{} at offset {}".format(
+            (message.value or b"error").decode("utf-8", "replace"), offset.value)
+
+
+PATTERN_ENGINE = _Pcre()
+"""The engine header patterns are checked with: C{.error(pattern)}, C{.name}, C{.version}."""
 
 
 class InvalidRule(InvalidRequest):
@@ -104,19 +171,34 @@ def _check_match(match, index):
             conditions.append((["match", combinator, n], condition))
     for path, condition in conditions:
         for name, pattern in condition.get("headers", {}).items():
-            try:
-                re.compile(pattern)
-            except (re.error, RecursionError, OverflowError) as e:
-                _fail(index, path + ["headers", name], "not a valid regular expression: {}"
-                      .format(e))
+            problem = pattern_error(pattern)
+            if problem is not None:
+                _fail(index, path + ["headers", name], problem)
+
+
+def pattern_error(pattern):
+    """
+    L{None} when the header pattern C{pattern} compiles in the proxy, else a message for
+    people ("not a valid regular expression ...").
+    """
+    problem = PATTERN_ENGINE.error(pattern)
+    if problem is None:
+        return None
+    return "not a valid regular expression for the proxy ({} {}): {}".format(
+        PATTERN_ENGINE.name, PATTERN_ENGINE.version, problem)
 
 
 def _check_route(route, index):
     backends = route["backends"]
     total = 0.0
     seen = {}
+    retries_max = DATAPLANE_DEFAULTS["retries_max"]
+    if route.get("http_req_retries", 0) > retries_max:
+        _fail(index, ["route", "http_req_retries"], "at most {}".format(retries_max))
     for n, backend in enumerate(backends):
         total += backend.get("weight", 0)
+        if backend.get("retries", 0) > retries_max:
+            _fail(index, ["route", "backends", n, "retries"], "at most {}".format(retries_max))
         key = (backend.get("name"), frozenset(backend["tags"]))
         if key in seen:
             _fail(index, ["route", "backends", n, "tags"],
@@ -124,8 +206,19 @@ def _check_route(route, index):
         seen[key] = n
         if "lb" in backend and "lb_type" in backend and backend["lb"] != backend["lb_type"]:
             _fail(index, ["route", "backends", n, "lb_type"], "disagrees with lb")
-    if total > 1 + WEIGHT_SLACK:
+    if weights_exceed_one(total):
         _fail(index, ["route", "backends"], "weights add up to {:g}, more than 1".format(total))
+
+
+def weight_in_range(weight):
+    """Whether one backend's C{weight} is allowed (the schema's bounds: 0 < w <= 1)."""
+    bounds = SCHEMA["$defs"]["backend"]["properties"]["weight"]
+    return bounds["exclusiveMinimum"] < weight <= bounds["maximum"]
+
+
+def weights_exceed_one(total):
+    """Whether backend weights adding up to C{total} are too many (SPEC A3)."""
+    return total > 1 + WEIGHT_SLACK
 
 
 def validate_rules(body, require_id=False, assign_ids=True):

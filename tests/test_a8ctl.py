@@ -142,10 +142,12 @@ class A8ctlTestCase(SynchronousTestCase):
             del rule["id"]
         return rules
 
-    def report(self, proxy_id, revision):
+    def report(self, proxy_id, revision, rejected=None):
+        body = {"service": "productpage", "tags": ["v1"], "revision": revision}
+        if rejected is not None:
+            body["rejected"] = rejected
         response = self.successResultOf(self.controller_http.put(
-            "http://controller/v1/proxies/" + proxy_id,
-            json={"service": "productpage", "tags": ["v1"], "revision": revision}))
+            "http://controller/v1/proxies/" + proxy_id, json=body))
         self.assertEqual(response.code, 200)
 
     def revision(self):
@@ -824,6 +826,36 @@ class WaitTests(A8ctlTestCase):
         self.assertNoTimers()
         # The change itself was made.
         self.assertEqual(self.revision(), 1)
+
+    def test_rejected(self):
+        """
+        When a proxy applies the change's revision but reports that it skipped a rule (it
+        could not compile it), --wait stops at once: the change is reported, then one line
+        on stderr naming the rule, the proxy and the reason, exit 1.
+        """
+        self.report("p1", 0)
+        self.report("p2", 0)
+        d, out, err = self.start("route-set", "reviews", "--default", "v1", "--wait")
+        self.assertNoResult(d)
+        rule_id = self.get("/v1/rules")["rules"][0]["id"]
+        self.report("p1", 1, rejected=[{"id": rule_id, "error": "missing ) at offset 3"}])
+        self.clock.advance(0.5)
+        self.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(out.getvalue(), "Set routing rules for reviews: default v1\n")
+        self.assertEqual(err.getvalue(), "a8ctl: revision 1 is not live: rule {} was rejected "
+                                         "by 1 proxy (p1): missing ) at offset 3\n"
+                         .format(rule_id))
+        self.assertNoTimers()
+
+    def test_rejected_by_a_lagging_proxy_ignored(self):
+        """What a proxy skipped of an older revision does not fail the wait."""
+        self.report("p1", 0, rejected=[{"id": "old", "error": "bad"}])
+        d, out, err = self.start("route-set", "reviews", "--default", "v1", "--wait")
+        self.report("p1", 1)
+        self.clock.advance(0.5)
+        self.flush()
+        self.assertEqual((self.successResultOf(d), err.getvalue()), (0, ""))
 
 
 class SelectorTests(SynchronousTestCase):

@@ -1020,6 +1020,33 @@ class ProxyStatusTests(ControllerTestCase):
         self.assertEqual((status["revision"], status["in_sync"], len(status["lagging"])),
                          (3, 0, 3))
 
+    def test_rejected_listed(self):
+        """
+        A report's rejected rules are listed with it, and GET /v1/rules/status names the
+        rules of the current revision that proxies skipped, with those proxies; what a
+        lagging proxy skipped of an older revision is not listed.
+        """
+        self.post(route(id="r1"), token="t")
+        self.post(route(id="r2", destination="ratings"), token="t")
+        bad = [{"id": "r2", "error": "pcre_compile() failed: PCRE does not support \\u"}]
+        self.put("p1", report(revision=2, rejected=bad))
+        self.put("p2", report(revision=2, rejected=bad + [{"id": "r1", "error": "x"}]))
+        self.put("p3", report(revision=1, rejected=[{"id": "old", "error": "y"}]))
+        self.put("p4", report(revision=2, rejected=[]))
+        proxies = {p["proxy_id"]: p for p in
+                   self.read(path="/v1/proxies", token="t")["proxies"]}
+        self.assertEqual(proxies["p1"]["rejected"], bad)
+        self.assertNotIn("rejected", proxies["p4"])
+        status = self.status()
+        self.assertEqual((status["proxies"], status["in_sync"]), (4, 3))
+        self.assertEqual(status["rejected"], [
+            {"id": "r1", "error": "x", "proxies": ["p2"]},
+            {"id": "r2", "error": bad[0]["error"], "proxies": ["p1", "p2"]}])
+        # A report without rejected rules clears them.
+        self.put("p1", report(revision=2))
+        self.put("p2", report(revision=2))
+        self.assertNotIn("rejected", self.status())
+
     def test_status_empty(self):
         """With no proxies, the status says so."""
         self.assertEqual(self.status(), {"revision": 0, "proxies": 0, "in_sync": 0,
@@ -1093,6 +1120,15 @@ class ProxyStatusTests(ControllerTestCase):
             report(interval=3601),
             report(interval="30s"),
             report(interval=True),
+            report(rejected={}),
+            report(rejected="r1"),
+            report(rejected=["r1"]),
+            report(rejected=[{"id": "r1"}]),
+            report(rejected=[{"id": "r1", "error": "bad", "proxies": []}]),
+            report(rejected=[{"id": 1, "error": "bad"}]),
+            report(rejected=[{"id": "r1", "error": ""}]),
+            report(rejected=[{"id": "r1", "error": "x" * 1025}]),
+            report(rejected=[{"id": "r1", "error": "bad"}] * 1001),
         ]
         for body in bad:
             self.assertRejected(400, "error_bad_request", b"PUT", "/v1/proxies/p1",
@@ -1694,6 +1730,12 @@ INVALID = [
      ["rule 0: match.headers.X-A"]),
     ("bad regex", [route(), route(match={"headers": {"Cookie": "(user=["}})],
      ["rule 1: match.headers.Cookie", "regular expression"]),
+    # issue 9: Python's re takes \u0041, the proxy's PCRE does not (it froze every proxy).
+    ("javascript unicode escape", [route(), route(match={"headers": {"X-A": "\\u0041"}})],
+     ["rule 1: match.headers.X-A", "not a valid regular expression for the proxy", "PCRE"]),
+    ("javascript unicode escape in combinator", [route(match={"all": [
+        {"headers": {"X-A": "ok"}}, {"headers": {"X-B": "^\\u0041$"}}]})],
+     ["rule 0: match.all[1].headers.X-B", "regular expression"]),
     ("bad regex in combinator", [route(match={"any": [
         {"headers": {"X-A": "ok"}}, {"headers": {"X-B": "a{2,1}"}}]})],
      ["rule 0: match.any[1].headers.X-B", "regular expression"]),

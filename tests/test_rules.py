@@ -11,16 +11,22 @@ from importlib import resources
 from jsonschema import Draft202012Validator
 from twisted.trial.unittest import SynchronousTestCase
 
+from amalgam8 import rules as rules_module
 from amalgam8.errors import InvalidRequest
 from amalgam8.rules import (
+    DATAPLANE_DEFAULTS,
+    PATTERN_ENGINE,
     SCHEMA,
     SCHEMA_BYTES,
     InvalidRule,
     NoRules,
     kind_of,
+    pattern_error,
     sort_key,
+    weight_in_range,
     validate_rule,
     validate_rules,
+    weights_exceed_one,
 )
 
 
@@ -111,6 +117,11 @@ VALID = {
                                        "log_value": ""}),
     "actions in order": actions(delay(), {"action": "abort", "return_code": 500},
                                 {"action": "trace", "log_key": "k", "log_value": "v"}),
+    # Python's re refuses these; the proxy's PCRE compiles them, so they are valid.
+    "pcre braced hex": route(match={"headers": {"X-A": "\\x{41}"}}),
+    "pcre unicode property": route(match={"headers": {"X-A": "^\\p{L}+$"}}),
+    "pcre quoting": route(match={"any": [{"headers": {"X-A": "\\Qa(b\\E"}}]}),
+    "pcre utf mode": route(match={"headers": {"X-A": "(*UTF8)\\x{100}"}}),
     "matched actions": actions(delay(), match={"headers": {"X-Request-ID": "^abc"}},
                                priority=10),
     "unicode": route({"tags": ["\u00e9t\u00e9"]}, destination="r\u00e9views",
@@ -245,6 +256,23 @@ INVALID = {
                                 "rule 4: match.headers.X-A:", []),
     "bad regex": (route(match={"headers": {"X-A": "(unclosed"}}),
                   "rule 4: match.headers.X-A:", ["not a valid regular expression"]),
+    # Python's re takes these; the proxy's PCRE does not (issue 9: \u0041 froze every proxy).
+    "javascript unicode escape": (route(match={"headers": {"X-A": "\\u0041"}}),
+                                  "rule 4: match.headers.X-A:",
+                                  ["not a valid regular expression", "PCRE", "\\u"]),
+    "javascript unicode escape in a combinator": (
+        route(match={"none": [{"headers": {"X-A": "a"}}, {"headers": {"X-B": "x\\u0041"}}]}),
+        "rule 4: match.none[1].headers.X-B:", ["not a valid regular expression"]),
+    "python named group": (route(match={"all": [{"headers": {"X-A": "(?P=n)"}}]}),
+                           "rule 4: match.all[0].headers.X-A:",
+                           ["not a valid regular expression"]),
+    "variable lookbehind": (route(match={"any": [{"headers": {"X-A": "(?<=a+)b"}}]}),
+                            "rule 4: match.any[0].headers.X-A:",
+                            ["not a valid regular expression"]),
+    "code point in byte mode": (route(match={"headers": {"X-A": "\\x{100}"}}),
+                                "rule 4: match.headers.X-A:", ["too large"]),
+    "lone surrogate": (route(match={"headers": {"X-A": "\ud800"}}),
+                       "rule 4: match.headers.X-A:", ["not valid Unicode"]),
     "regex repeat too large": (route(match={"headers": {"X-A": "a{99999999999}"}}),
                                "rule 4: match.headers.X-A:",
                                ["not a valid regular expression"]),
@@ -396,3 +424,66 @@ class HelperTests(SynchronousTestCase):
                  route(id="a0"), route(id="z", priority=1)]
         self.assertEqual([r["id"] for r in sorted(rules, key=sort_key)],
                          ["a", "z", "a0", "b", "c"])
+
+
+class PatternTests(SynchronousTestCase):
+    """Header patterns are checked by the proxy's own regular-expression library."""
+
+    def test_engine(self):
+        """The engine is the PCRE 8.x library lua-nginx-module links (libpcre.so.3)."""
+        self.assertEqual(PATTERN_ENGINE.name, "PCRE")
+        self.assertTrue(PATTERN_ENGINE.version.startswith("8."), PATTERN_ENGINE.version)
+
+    def test_pattern_error(self):
+        """pattern_error answers None for a pattern the proxy compiles, else why not."""
+        self.assertIsNone(pattern_error("^(.*?;)?(user=jason)(;.*)?$"))
+        self.assertIsNone(pattern_error("a++b"))
+        message = pattern_error("\\u0041")
+        self.assertIn("not a valid regular expression for the proxy (PCRE 8.", message)
+        self.assertIn("at offset 1", message)
+        self.assertIn("missing )", pattern_error("(a"))
+
+    def test_nul_ends_pattern(self):
+        """Like the proxy (which hands PCRE the Lua string), a NUL ends the pattern."""
+        self.assertIsNone(pattern_error("a\x00("))
+        self.assertIsNotNone(pattern_error("(\x00)"))
+
+
+class DataplaneDefaultsTests(SynchronousTestCase):
+    """The data plane's defaults come from schemas/dataplane.json."""
+
+    def test_file(self):
+        """DATAPLANE_DEFAULTS is the package's dataplane.json, with every key the proxy's
+        configuration and the Lua read."""
+        raw = resources.files("amalgam8.schemas").joinpath("dataplane.json").read_bytes()
+        self.assertEqual(DATAPLANE_DEFAULTS, json.loads(raw))
+        self.assertEqual(set(DATAPLANE_DEFAULTS), {
+            "lb", "retries_max", "connect_timeout", "consecutive_errors", "ejection_time",
+            "max_ejected_fraction", "retry_budget_ratio", "retry_budget_floor",
+            "retry_budget_window"})
+        self.assertIn(DATAPLANE_DEFAULTS["lb"], SCHEMA["$defs"]["lb"]["enum"])
+
+    def test_retries_limited_by_retries_max(self):
+        """retries and http_req_retries may not exceed retries_max, whatever it is."""
+        limit = DATAPLANE_DEFAULTS["retries_max"]
+        validate_rule(route({"tags": ["v1"], "retries": limit}))
+        error = self.assertRaises(InvalidRule, validate_rule,
+                                  route({"tags": ["v1"], "retries": limit + 1}), 2)
+        self.assertEqual(error.message, "rule 2: route.backends[0].retries: at most {}"
+                         .format(limit))
+        self.patch(rules_module, "DATAPLANE_DEFAULTS", dict(DATAPLANE_DEFAULTS, retries_max=2))
+        self.assertRaises(InvalidRule, validate_rule, route({"tags": ["v1"], "retries": 3}))
+        error = self.assertRaises(InvalidRule, validate_rule, route(
+            route={"backends": [{"tags": ["v1"]}], "http_req_retries": 3}))
+        self.assertEqual(error.message, "rule 0: route.http_req_retries: at most 2")
+
+    def test_weight_slack(self):
+        """Weights may add up to 1 plus rounding (WEIGHT_SLACK), no more."""
+        self.assertFalse(weights_exceed_one(0.1 + 0.2 + 0.7))
+        self.assertFalse(weights_exceed_one(1 + rules_module.WEIGHT_SLACK))
+        self.assertTrue(weights_exceed_one(1 + 2 * rules_module.WEIGHT_SLACK))
+
+    def test_weight_range(self):
+        """One backend's weight: above 0 and at most 1 (SPEC A3), as the schema says."""
+        self.assertEqual([weight_in_range(w) for w in (0, 1e-12, 0.5, 1, 1.0000001, -1)],
+                         [False, True, True, True, False, False])

@@ -8,6 +8,7 @@ import json
 from treq.testing import StubTreq
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
@@ -58,12 +59,13 @@ class RouteManagerTests(SynchronousTestCase):
         self.controller_http = StubTreq(self.controller)
         self.pushed = []
         self.push_result = None
+        self.push_answer = None
 
     def push(self, state):
         if self.push_result is not None:
             return self.push_result
         self.pushed.append(json.loads(json.dumps(state)))
-        return succeed(None)
+        return succeed(self.push_answer)
 
     def start(self, **kwargs):
         manager = RouteManager(
@@ -200,6 +202,61 @@ class RouteManagerTests(SynchronousTestCase):
             "http://controller/v1/rules/status"))
         status = json.loads(self.successResultOf(response.content()))
         self.assertEqual((status["proxies"], status["in_sync"]), (1, 1))
+
+    def status(self):
+        response = self.successResultOf(self.controller_http.get(
+            "http://controller/v1/rules/status"))
+        return json.loads(self.successResultOf(response.content()))
+
+    def test_rejected_reported(self):
+        """
+        The rules the proxy's answer says it skipped are logged (a warning naming the rule
+        and why, once while they stay rejected) and reported, so the controller's status
+        names them; a push that rejects none clears them.
+        """
+        self.add_rule(route_rule("r1"))
+        self.push_answer = {"version": 1, "rejected": [
+            {"id": "r1", "error": "pcre_compile() failed: missing )"}]}
+        with capturedLogs() as events:
+            manager = self.start()
+            self.settle(0.1)
+            self.register("10.0.0.2:80")
+            self.settle(0.1)
+        self.assertGreater(manager.pushes, 1)
+        warnings = [e for e in events if e.get("rule_id") == "r1"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual((warnings[0]["log_level"].name, warnings[0]["error"]),
+                         ("warn", "pcre_compile() failed: missing )"))
+        self.assertEqual(self.status()["rejected"], [
+            {"id": "r1", "error": "pcre_compile() failed: missing )",
+             "proxies": ["proxy-1"]}])
+        self.assertEqual(manager.debug_state()["rejected"],
+                         [{"id": "r1", "error": "pcre_compile() failed: missing )"}])
+        self.push_answer = {"version": 2, "rejected": []}
+        self.register("10.0.0.3:80")
+        self.settle(0.1)
+        self.assertNotIn("rejected", self.status())
+        self.assertEqual(manager.rejected, ())
+
+    def test_old_proxy_answer(self):
+        """An answer without rejected (an older proxy), or none at all, rejects nothing."""
+        for answer in ({"version": 3}, None, {"rejected": "no"}):
+            self.push_answer = answer
+            manager = self.start()
+            self.settle(0.1)
+            self.assertEqual((manager.rejected, manager._report_body()["rejected"]),
+                             ((), []))
+            manager.stopService()
+
+    def test_rejected_entries_cut(self):
+        """Odd entries are named as well as they can be and cut to what a report holds."""
+        from amalgam8.sidecar.routes import rejected_of
+
+        self.assertEqual(rejected_of({"rejected": [
+            {"id": "r1", "error": "e" * 2000}, {"id": 5}, "r3", {"error": ""}]}),
+            (("r1", "e" * 1024), ("(no id)", "rejected"), ("(no id)", "rejected")))
+        self.assertEqual(len(rejected_of({"rejected": [{"id": "a", "error": "b"}] * 2000})),
+                         1000)
 
     def test_polling_fallback(self):
         """Against a server without revisions (0.4) the manager polls every poll seconds."""

@@ -32,7 +32,8 @@ from amalgam8.cli.selectors import (
 )
 from amalgam8.rules import InvalidRequest, validate_rules
 
-__all__ = ["CommandError", "Context", "COMMANDS", "wait_until_live", "WaitTimeout"]
+__all__ = ["CommandError", "Context", "COMMANDS", "wait_until_live", "WaitTimeout",
+           "RuleRejected"]
 
 POLL_INTERVAL = 0.5
 
@@ -43,6 +44,13 @@ class CommandError(Exception):
 
 class WaitTimeout(CommandError):
     """C{--wait} ran out of time before every proxy had the change."""
+
+
+class RuleRejected(WaitTimeout):
+    """
+    C{--wait}: a proxy applied the revision but skipped a rule it could not compile. Like
+    L{WaitTimeout}, the change was made but is not live (so main reports the change first).
+    """
 
 
 @attrs.define
@@ -605,6 +613,8 @@ async def wait_until_live(ctx, revision, timeout):
     @param revision: the revision to wait for; L{None} means the current one.
     @return: the last status.
     @raise WaitTimeout: when C{timeout} seconds pass first.
+    @raise RuleRejected: as soon as a proxy reports that it skipped a rule of the revision
+        waited for (it will not compile it later either), naming the rule and the reason.
     """
     clock = ctx.reactor
     deadline = clock.seconds() + timeout
@@ -614,6 +624,14 @@ async def wait_until_live(ctx, revision, timeout):
         target = current if revision is None else revision
         proxies = status.get("proxies", 0)
         in_sync = status.get("in_sync", 0)
+        rejected = status.get("rejected") or []
+        if current >= target and rejected:
+            raise RuleRejected("revision {} is not live: {}".format(current, "; ".join(
+                "rule {} was rejected by {} prox{} ({}): {}".format(
+                    r.get("id"), len(r.get("proxies", [])),
+                    "y" if len(r.get("proxies", [])) == 1 else "ies",
+                    ", ".join(r.get("proxies", [])[:5]), r.get("error"))
+                for r in rejected)))
         if current >= target and in_sync >= proxies:
             status["target"] = target
             return status

@@ -19,6 +19,7 @@ import re
 import attrs
 
 from amalgam8.durations import parse_duration
+from amalgam8.rules import pattern_error, weight_in_range, weights_exceed_one
 
 __all__ = [
     "BadSyntax",
@@ -117,11 +118,9 @@ def parse_header(text, what="header"):
     if not colon or not _HEADER_NAME.fullmatch(name):
         raise BadSyntax("bad {} {!r}: expected NAME:PATTERN, such as X-Foo:bar.*"
                         .format(what, text))
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as e:
-        raise BadSyntax("bad {} {!r}: {!r} is not a valid regular expression ({})"
-                        .format(what, text, pattern, e))
+    problem = pattern_error(pattern)
+    if problem is not None:
+        raise BadSyntax("bad {} {!r}: {!r} is {}".format(what, text, pattern, problem))
     return name, pattern
 
 
@@ -217,7 +216,7 @@ def parse_selector(text):
                 weight = float(value)
             except ValueError:
                 weight = None
-            if weight is None or not 0 < weight <= 1:
+            if weight is None or not weight_in_range(weight):
                 raise BadSyntax("bad selector {!r}: weight must be a number above 0 and at "
                                 "most 1, not {!r}".format(text, value))
         elif key == "user":
@@ -339,7 +338,7 @@ def route_rules(service, default, selectors, source=None):
                 "the default" if seen[key] == "the default" else "weighted by " + seen[key]))
         seen[key] = repr(selector.text)
     total = sum(s.weight for s in weighted)
-    if total > 1 + 1e-9:
+    if weights_exceed_one(total):
         raise BadSyntax("the weights of the selectors add up to {:g}, more than 1"
                         .format(total))
     for selector in matched:

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from amalgam8.controller.model import encode
-from amalgam8.controller.proxies import ProxyReports
+from amalgam8.controller.proxies import ProxyReports, parse_rejected
 from amalgam8.controller.traces import MAX_PAGE, TraceBuffer
 from amalgam8.errors import (
     A8Error,
@@ -601,7 +601,7 @@ _body = json_answer
 def _proxy_report(body):
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be an object")
-    allowed = {"service", "tags", "revision", "index", "applied_at", "interval"}
+    allowed = {"service", "tags", "revision", "index", "applied_at", "interval", "rejected"}
     unknown = set(body) - allowed
     if unknown:
         raise InvalidRequest("unknown fields: {}".format(", ".join(sorted(unknown))))
@@ -628,7 +628,8 @@ def _proxy_report(body):
                 or not 0 < interval <= 3600:
             raise InvalidRequest("interval must be seconds, above 0 and at most 3600")
     return {"service": service, "tags": tags, "revision": revision, "index": index,
-            "applied_at": applied_at, "interval": interval}
+            "applied_at": applied_at, "interval": interval,
+            "rejected": parse_rejected(body.get("rejected"))}
 
 
 class _Collector:

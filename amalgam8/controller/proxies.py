@@ -1,14 +1,22 @@
 # -*- test-case-name: tests.test_controller_api -*-
 """
-Proxy status (SPEC B2): what each sidecar's proxy has applied, as the sidecars report it.
+Proxy status (SPEC B2): what each sidecar's proxy has applied, as the sidecars report it,
+including the rules it skipped because it could not compile them (C{rejected}).
 A proxy that stops reporting for three report intervals drops out.
 """
 
 import attrs
 
-__all__ = ["ProxyReports", "MISSED_REPORTS"]
+from amalgam8.errors import InvalidRequest
+
+__all__ = ["ProxyReports", "MISSED_REPORTS", "MAX_REJECTED", "MAX_REJECTED_ERROR",
+           "parse_rejected"]
 
 MISSED_REPORTS = 3
+MAX_REJECTED = 1000
+"""At most this many rejected rules in one report."""
+MAX_REJECTED_ERROR = 1024
+"""At most this many characters in a rejected rule's id or error."""
 
 
 @attrs.frozen
@@ -21,6 +29,7 @@ class Report:
     applied_at: str
     interval: float
     received: float
+    rejected: tuple = ()        # ((rule id, error), ...)
 
     def as_dict(self):
         result = {
@@ -33,7 +42,32 @@ class Report:
         }
         if self.index is not None:
             result["index"] = self.index
+        if self.rejected:
+            result["rejected"] = [{"id": i, "error": e} for i, e in self.rejected]
         return result
+
+
+def parse_rejected(value):
+    """
+    The C{rejected} field of a status report: C{[{"id", "error"}, ...]}.
+
+    @return: C{((id, error), ...)}.
+    @raise InvalidRequest: for anything else.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_REJECTED:
+        raise InvalidRequest("rejected must be a list of at most {} {{\"id\", \"error\"}} "
+                             "objects".format(MAX_REJECTED))
+    result = []
+    for n, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) != {"id", "error"} or not all(
+                isinstance(entry[k], str) and 0 < len(entry[k]) <= MAX_REJECTED_ERROR
+                for k in ("id", "error")):
+            raise InvalidRequest("rejected[{}] must be {{\"id\": RULE_ID, \"error\": WHY}} "
+                                 "(strings of 1-{} characters)".format(n, MAX_REJECTED_ERROR))
+        result.append((entry["id"], entry["error"]))
+    return tuple(result)
 
 
 class ProxyReports:
@@ -48,11 +82,11 @@ class ProxyReports:
         self._reports = {}
 
     def report(self, namespace, proxy_id, service, tags, revision, index, applied_at,
-               interval=None):
+               interval=None, rejected=()):
         reports = self._reports.setdefault(namespace, {})
         reports[proxy_id] = Report(proxy_id, service, tuple(tags), revision, index,
                                    applied_at, interval or self.interval,
-                                   self.clock.seconds())
+                                   self.clock.seconds(), tuple(rejected))
 
     def live(self, namespace):
         """The live reports of a namespace, by proxy id; stale ones are forgotten."""
@@ -67,9 +101,19 @@ class ProxyReports:
     def status(self, namespace, revision):
         live = self.live(namespace)
         lagging = [r.as_dict() for r in live if r.revision < revision]
-        return {
+        result = {
             "revision": revision,
             "proxies": len(live),
             "in_sync": len(live) - len(lagging),
             "lagging": lagging,
         }
+        # The rules of this revision that proxies skipped, with the proxies that did.
+        rejected = {}
+        for r in live:
+            if r.revision == revision:
+                for rule_id, error in r.rejected:
+                    rejected.setdefault((rule_id, error), []).append(r.proxy_id)
+        if rejected:
+            result["rejected"] = [{"id": rule_id, "error": error, "proxies": proxies}
+                                  for (rule_id, error), proxies in sorted(rejected.items())]
+        return result

@@ -8,6 +8,10 @@ When a server does not answer C{wait} (an Amalgam8 0.4 server sends no C{A8-Revi
 C{A8-Index}), that side falls back to polling every C{poll} seconds. A server that is down
 leaves the proxy on its last state: the proxy is never pushed an empty state it did not
 get from the servers, and nothing is pushed before both sides were read once.
+
+The proxy skips a rule it cannot compile and names it in its answer (C{"rejected"}); each
+newly rejected rule is logged once (a warning with C{rule_id} and C{error}), and the status reports list every
+rule rejected by the last push.
 """
 
 import random as _random
@@ -17,6 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from amalgam8.controller.proxies import MAX_REJECTED, MAX_REJECTED_ERROR
 from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import rfc3339
 
@@ -82,6 +87,7 @@ class RouteManager(Service):
         self.pushes = 0
         self.push_failures = 0
         self.applied_at = None
+        self.rejected = ()          # ((rule id, error), ...) skipped by the last push
         self._first = []
         self._first_done = False
 
@@ -221,7 +227,7 @@ class RouteManager(Service):
         try:
             while True:
                 try:
-                    await self._push_state(self.state())
+                    answer = await self._push_state(self.state())
                     break
                 except CancelledError:
                     raise
@@ -237,6 +243,7 @@ class RouteManager(Service):
         self.pushes += 1
         self.pushed = versions
         self.applied_at = self._clock.seconds()
+        self._note_rejected(rejected_of(answer))
         if debug_enabled():
             self.log.debug("proxy state pushed: revision {revision}, index {index}",
                            revision=versions[0], index=versions[1])
@@ -249,6 +256,14 @@ class RouteManager(Service):
             self._push_call = self._clock.callLater(self._coalesce, self._push)
         self._report_soon()
 
+    def _note_rejected(self, rejected):
+        before = set(self.rejected)
+        for rule_id, error in rejected:
+            if (rule_id, error) not in before:
+                self.log.warn("the proxy skipped rule {rule_id}: {error}",
+                              rule_id=rule_id, error=error, revision=self._rules.version)
+        self.rejected = rejected
+
     # -- status reports (B2) -------------------------------------------------------------
 
     def _report_body(self):
@@ -258,6 +273,7 @@ class RouteManager(Service):
                 "interval": self._report_interval}
         if index is not None:
             body["index"] = index
+        body["rejected"] = [{"id": rule_id, "error": error} for rule_id, error in self.rejected]
         return body
 
     def _report(self):
@@ -298,4 +314,26 @@ class RouteManager(Service):
                 "pushed": {"revision": self.pushed[0], "index": self.pushed[1]}
                 if self.pushed else None,
                 "pushes": self.pushes, "push_failures": self.push_failures,
-                "applied_at": self.applied_at}
+                "applied_at": self.applied_at,
+                "rejected": [{"id": i, "error": e} for i, e in self.rejected]}
+
+
+def rejected_of(answer):
+    """
+    The rules a proxy's push answer says it skipped, as C{((id, error), ...)}: an answer
+    without C{rejected} (an older proxy) skipped none. Entries that are not
+    C{{"id", "error"}} strings are named as well as they can be; the list and each error
+    are cut to what a status report may carry.
+    """
+    entries = answer.get("rejected") if isinstance(answer, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    result = []
+    for entry in entries[:MAX_REJECTED]:
+        if not isinstance(entry, dict):
+            continue
+        rule_id, error = entry.get("id"), entry.get("error")
+        rule_id = rule_id if isinstance(rule_id, str) and rule_id else "(no id)"
+        error = error if isinstance(error, str) and error else "rejected"
+        result.append((rule_id[:MAX_REJECTED_ERROR], error[:MAX_REJECTED_ERROR]))
+    return tuple(result)
