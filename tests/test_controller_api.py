@@ -834,7 +834,7 @@ class BlockingReadTests(ControllerTestCase):
         one store waiter."""
         waiting = [self.start(b"GET", RULES + "?wait=30s&revision=1") for _ in range(1000)]
         self.http.flush()
-        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (1, 1000))
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (1, 1000))
         self.assertIn("a8_controller_blocking_reads 1000.0", self.metrics_text())
         for d in waiting:
             self.assertNoResult(d)
@@ -844,7 +844,7 @@ class BlockingReadTests(ControllerTestCase):
         self.assertEqual({(a.code, a.header(b"a8-revision")) for a in answers},
                          {(200, "2")})
         self.assertEqual(len({a.body for a in answers}), 1)
-        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (0, 0))
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def metrics_text(self):
