@@ -121,18 +121,6 @@ def blocking_params(params, version_name):
     return wait, since
 
 
-async def wait_for_newer(store, clock, namespace, since, wait):
-    """Wait up to C{wait} seconds for the namespace to pass C{since} (no error on timeout)."""
-    from twisted.internet.defer import TimeoutError
-
-    change = store.wait_for_change(namespace, since)
-    change.addTimeout(wait, clock)
-    try:
-        await change
-    except TimeoutError:
-        pass
-
-
 def check_token(request, expected, what="this endpoint"):
     """
     Require C{Authorization: Bearer <expected>} (compared in constant time).
