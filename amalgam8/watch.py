@@ -96,7 +96,7 @@ class GroupedWaits:
         then wait in the group C{key} for a newer version (or the timeout), and answer
         C{build(fetch())} of that moment, made once for the group.
 
-        @param fetch: C{() -> Deferred} of the namespace's current state.
+        @param fetch: C{() -> Deferred} of the namespace's current state (a store's read).
         @param version: C{state -> int}, the namespace's index or revision.
         @param build: C{state -> answer}.
         @return: a Deferred that fires with the answer; cancel it when the reader goes away.
@@ -110,7 +110,7 @@ class GroupedWaits:
                 return self.wait(key, namespace, since, timeout, answer)
             return build(state)
 
-        return maybeDeferred(fetch).addCallback(first)
+        return fetch().addCallback(first)
 
     def _remove(self, group, reader):
         """Take C{reader} out of C{group}; the last one out cancels the store waiter."""

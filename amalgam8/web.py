@@ -11,9 +11,11 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from amalgam8.durations import parse_duration
 from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
@@ -102,7 +104,6 @@ def blocking_params(params, version_name):
     @return: C{(wait seconds or None, version or None)}; C{wait} is capped at 10 minutes.
     @raise InvalidRequest: for a value that is not a duration or a non-negative integer.
     """
-    from amalgam8.durations import parse_duration
 
     wait = params.get("wait")
     since = params.get(version_name)
@@ -299,7 +300,7 @@ class Front(Resource):
 
         @param route: the route name the request is counted under (C{answer} may change
             C{request.route}).
-        @param answer: C{(request, value) -> bytes}: sets the status and headers for the
+        @param answer: C{(request, value) -> bytes} (JSON, or empty): sets the status and headers for the
             value C{result} fired with and returns the body. A failure of C{result} or of
             C{answer} is answered as L{answer_failure} says.
         @return: C{NOT_DONE_YET}; when the client goes away first, C{result} is cancelled.
@@ -307,19 +308,29 @@ class Front(Resource):
         started = self._now()
         request.route = route
         self.request_id(request)
-        result.addCallback(lambda value: answer(request, value))
-        result.addErrback(lambda failure: answer_failure(request, failure, self.error_body,
-                                                         self.log))
-        result.addCallback(self._write, request, started)
+        # One callback pair: a fired Deferred's callbacks run at once, each one costs.
+        result.addCallbacks(self._answered, self._failed,
+                            callbackArgs=(request, started, answer),
+                            errbackArgs=(request, started))
         if not request.finished:
             request.notifyFinish().addErrback(lambda _: result.cancel())
         return NOT_DONE_YET
 
+    def _answered(self, value, request, started, answer):
+        try:
+            body = answer(request, value)
+        except Exception:
+            return self._failed(Failure(), request, started)
+        self._write(body, request, started)
+
+    def _failed(self, failure, request, started):
+        self._write(answer_failure(request, failure, self.error_body, self.log), request,
+                    started)
+
     def _write(self, body, request, started):
         if request.finished or request.channel is None:
             return
-        if request.responseHeaders.getRawHeaders(_CONTENT_TYPE) is None:
-            request.setHeader(_CONTENT_TYPE, b"application/json")
+        request.setHeader(_CONTENT_TYPE, b"application/json")
         request.setHeader(b"content-length", b"%d" % len(body))
         if body:
             request.write(body)

@@ -105,13 +105,14 @@ class RuleWatch:
         """
 
         def answer(ruleset):
+            self.record(ruleset, namespace)
             body = self.cached(namespace, ruleset.revision, key)
             if body is not None:
                 return ruleset, body, True
             return ruleset, self.encoded(namespace, ruleset, key, build), False
 
         return self._waits.read((namespace, revision, key), namespace, revision, wait,
-                                lambda: self.current(namespace), _revision, answer)
+                                lambda: self.store.get(namespace), _revision, answer)
 
     @property
     def waiting(self):
