@@ -22,7 +22,6 @@ from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.traces import MAX_PAGE, TraceBuffer
 from amalgam8.controller.watch import RuleWatch
 from amalgam8.errors import (
-    A8Error,
     BadNamespaceHeader,
     Conflict,
     InvalidRequest,
