@@ -151,7 +151,9 @@ class GroupedWaits:
         return None
 
     def _failed(self, failure, group):
-        if failure.check(CancelledError) and not group.readers:
+        if not group.readers:
+            if not failure.check(CancelledError):
+                self.log.failure("a store waiter failed with nobody waiting", failure)
             return None
         for reader in self._take(group):
             reader.result.errback(failure)

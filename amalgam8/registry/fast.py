@@ -13,7 +13,10 @@ from twisted.internet.defer import maybeDeferred
 from amalgam8.errors import UnknownInstance
 from amalgam8.web import Front, registry_error
 
-__all__ = ["RegistryFront"]
+__all__ = ["ROUTES", "RegistryFront"]
+
+#: The URLs this road serves (in the OpenAPI document's spelling) and their methods.
+ROUTES = (("/api/v1/instances/{instance_id}/heartbeat", ("PUT",)),)
 
 _PREFIX = b"/api/v1/instances/"
 _SUFFIX = b"/heartbeat"
