@@ -10,9 +10,12 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
+from amalgam8.durations import parse_duration
 from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
@@ -101,7 +104,6 @@ def blocking_params(params, version_name):
     @return: C{(wait seconds or None, version or None)}; C{wait} is capped at 10 minutes.
     @raise InvalidRequest: for a value that is not a duration or a non-negative integer.
     """
-    from amalgam8.durations import parse_duration
 
     wait = params.get("wait")
     since = params.get(version_name)
@@ -118,18 +120,6 @@ def blocking_params(params, version_name):
         except ValueError:
             raise InvalidRequest("{} must be a non-negative integer".format(version_name))
     return wait, since
-
-
-async def wait_for_newer(store, clock, namespace, since, wait):
-    """Wait up to C{wait} seconds for the namespace to pass C{since} (no error on timeout)."""
-    from twisted.internet.defer import TimeoutError
-
-    change = store.wait_for_change(namespace, since)
-    change.addTimeout(wait, clock)
-    try:
-        await change
-    except TimeoutError:
-        pass
 
 
 def check_token(request, expected, what="this endpoint"):
@@ -263,12 +253,16 @@ class Front(Resource):
     """
     The root of a server: gives every request an C{A8-Request-Id} (echoed or fresh),
     redirects plain HTTP when HTTPS is required, records status and latency per route, and
-    hands the request to C{inner} (a Klein resource, or a faster route ahead of it).
+    hands the request to its short road (L{Front.road}) or to C{inner} (a Klein resource).
 
-    @ivar inner: the C{IResource} that answers (rendered as a leaf).
+    A short road is the one implementation of its URLs: a subclass's L{road} picks it, and
+    it answers through L{respond}, which waits for the store as long as the store takes.
+
+    @ivar inner: the C{IResource} that answers everything else (rendered as a leaf).
     """
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, inner, metrics, require_https=False, clock=time.perf_counter,
                  error_body=None):
@@ -279,7 +273,19 @@ class Front(Resource):
         self._now = clock
         self.error_body = error_body or registry_error
 
+    def road(self, request):
+        """
+        The short road for C{request}: a callable C{(request) -> bytes or NOT_DONE_YET}, or
+        L{None} for the Klein app. Subclasses override it; asked only once an HTTPS
+        requirement is met.
+        """
+        return None
+
     def render(self, request):
+        if not self.require_https or _secure(request):
+            road = self.road(request)
+            if road is not None:
+                return road(request)
         started = self._now()
         request.route = "unmatched"
         self.request_id(request)
@@ -287,6 +293,61 @@ class Front(Resource):
         if self.require_https and not _secure(request):
             return _redirect(request, self.error_body)
         return self.inner.render(request)
+
+    def respond(self, request, route, result, answer):
+        """
+        Answer C{request} once C{result} (a Deferred) fires, now or later.
+
+        @param route: the route name the request is counted under (C{answer} may change
+            C{request.route}).
+        @param answer: C{(request, value) -> bytes} (JSON, or empty): sets the status and headers for the
+            value C{result} fired with and returns the body. A failure of C{result} or of
+            C{answer} is answered as L{answer_failure} says.
+        @return: C{NOT_DONE_YET}; when the client goes away first, C{result} is cancelled.
+        """
+        started = self._now()
+        request.route = route
+        self.request_id(request)
+        # One callback pair: a fired Deferred's callbacks run at once, each one costs.
+        result.addCallbacks(self._answered, self._failed,
+                            callbackArgs=(request, started, answer),
+                            errbackArgs=(request, started))
+        if not request.finished:
+            request.notifyFinish().addErrback(lambda _: result.cancel())
+        return NOT_DONE_YET
+
+    def _answered(self, value, request, started, answer):
+        try:
+            body = answer(request, value)
+        except Exception:
+            return self._failed(Failure(), request, started)
+        self._write(body, request, started)
+
+    def _failed(self, failure, request, started):
+        self._write(answer_failure(request, failure, self.error_body, self.log), request,
+                    started)
+
+    def _write(self, body, request, started):
+        if request.finished or request.channel is None:
+            return
+        request.setHeader(_CONTENT_TYPE, b"application/json")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if body:
+            request.write(body)
+        request.finish()
+        self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
+                             request.code, self._now() - started)
+
+    def not_allowed(self, request, allowed):
+        """Answer 405 with C{Allow: allowed} (a list of method names)."""
+        started = self._now()
+        request.route = "unmatched"
+        self.request_id(request)
+        request.setResponseCode(405)
+        request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+        body = self.error_body("error_method_not_allowed", "method not allowed")
+        self._write(body, request, started)
+        return NOT_DONE_YET
 
     @staticmethod
     def request_id(request):

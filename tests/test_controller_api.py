@@ -21,6 +21,7 @@ from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import MemoryStore
 from amalgam8.controller.traces import TraceBuffer
+from amalgam8.testing.late import Later, LateStore, settling
 from amalgam8.web import MAX_BODY
 from tests.helpers import Answer, json_values, make_jwt, sample_value
 
@@ -104,6 +105,7 @@ class ControllerTestCase(SynchronousTestCase):
     trace_capacity = 100_000
     report_interval = 30.0
     metrics_token = None
+    late = False
 
     def setUp(self):
         self.clock = Clock()
@@ -115,10 +117,18 @@ class ControllerTestCase(SynchronousTestCase):
             self.modes, self.clock, jwt_secret=SECRET if "jwt" in self.modes else None)
         self.proxies = ProxyReports(self.clock, self.report_interval)
         self.traces = TraceBuffer(self.trace_capacity)
-        self.api = ControllerAPI(self.store, self.auth, self.clock, proxies=self.proxies,
+        # With late = True the API gets the store through a LateStore (every answer comes
+        # later, as a networked store's would) and each flush delivers them; self.store stays
+        # the wrapped store, read around the API.
+        self.later = Later()
+        store = LateStore(self.store, self.later) if self.late else self.store
+        self.api = ControllerAPI(store, self.auth, self.clock, proxies=self.proxies,
                                  traces=self.traces, require_https=self.require_https,
                                  metrics_token=self.metrics_token)
         self.http = StubTreq(self.api.resource())
+        self.pump = self.http.flush
+        if self.late:
+            self.http.flush = settling(self.pump, self.later)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -773,6 +783,80 @@ class CacheTests(ControllerTestCase):
         self.assertEqual(self.finish(d).header(b"a8-revision"), "1")
 
 
+class LateCacheTests(CacheTests):
+    """The same cached reads on a store whose answers come later."""
+
+    late = True
+
+    def test_cached_read_answered_later(self):
+        """A cached read waits for the store's current revision before it answers."""
+        self.request(b"GET", RULES, token="t")
+        d = self.start(b"GET", RULES, token="t")
+        self.pump()
+        self.assertNoResult(d)
+        self.assertEqual(self.later.pending, 1)
+        answer = self.finish(d)
+        self.assertEqual((answer.code, answer.header(b"a8-revision")), (200, "1"))
+        self.assertEqual(self.count("rules_cached"), 1)
+
+    def test_change_between_read_and_answer(self):
+        """A read the store answered before a change, delivered after it, answers the
+        revision the store gave it (header and body agree), and its older encoding never
+        replaces the newer revision's: the next read gets the change."""
+        self.request(b"GET", RULES, token="t")
+        d = self.start(b"GET", RULES, token="t")
+        self.pump()
+        self.post(route(id="c"), token="t")
+        answer = self.finish(d)
+        self.assertEqual((answer.header(b"a8-revision"), answer.json()["revision"]), ("1", 1))
+        self.assertEqual(sorted(r["id"] for r in answer.json()["rules"]), ["a", "b"])
+        after = self.request(b"GET", RULES, token="t")
+        self.assertEqual((after.header(b"a8-revision"), after.json()["revision"]), ("2", 2))
+        self.assertEqual(sorted(r["id"] for r in after.json()["rules"]), ["a", "b", "c"])
+
+
+class ReadMethodTests(ControllerTestCase):
+    """The reads of rules answer HEAD like GET, and other methods with 405."""
+
+    modes = ("trusted",)
+
+    def setUp(self):
+        ControllerTestCase.setUp(self)
+        self.post(route(id="a"), token="t")
+
+    def test_head(self):
+        """HEAD gets the headers of GET and no body."""
+        for path in (RULES, RULES + "/routes", RULES + "/routes/reviews"):
+            answer = self.request(b"HEAD", path, token="t")
+            self.assertEqual((answer.code, answer.body), (200, b""))
+            self.assertEqual(answer.header(b"a8-revision"), "1")
+
+    def test_other_methods(self):
+        """A method no route of the URL takes gets 405 naming the methods it takes, GET
+        among them; the methods other routes take still reach them."""
+        for method, path, allow in (
+                (b"PATCH", RULES, "DELETE, GET, HEAD, POST, PUT"),
+                (b"POST", RULES + "/routes", "GET, HEAD"),
+                (b"DELETE", RULES + "/actions", "GET, HEAD"),
+                (b"POST", RULES + "/routes/reviews", "DELETE, GET, HEAD, PUT")):
+            answer = self.assertRejected(405, "error_method_not_allowed", method, path,
+                                         token="t")
+            self.assertEqual(answer.header(b"allow"), allow)
+        self.assertEqual(self.request(b"DELETE", RULES + "/routes/reviews", token="t").code,
+                         200)
+
+    def test_escaped_destination(self):
+        """A percent-escaped destination is the name it spells."""
+        self.post(route(id="b", destination="r\u00e9views"), token="t")
+        answer = self.request(b"GET", RULES + "/routes/r%C3%A9views", token="t")
+        self.assertEqual([r["id"] for r in answer.json()["rules"]], ["b"])
+
+    def test_not_a_read(self):
+        """Paths beside the reads are not taken for them."""
+        self.assertError(self.request(b"GET", RULES + "/routes/", token="t"), 404)
+        self.assertError(self.request(b"GET", RULES + "/other", token="t"), 404)
+
+
 class BlockingReadTests(ControllerTestCase):
     """Blocking reads with wait and revision (SPEC B1)."""
 
@@ -834,7 +918,7 @@ class BlockingReadTests(ControllerTestCase):
         one store waiter."""
         waiting = [self.start(b"GET", RULES + "?wait=30s&revision=1") for _ in range(1000)]
         self.http.flush()
-        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (1, 1000))
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (1, 1000))
         self.assertIn("a8_controller_blocking_reads 1000.0", self.metrics_text())
         for d in waiting:
             self.assertNoResult(d)
@@ -844,7 +928,7 @@ class BlockingReadTests(ControllerTestCase):
         self.assertEqual({(a.code, a.header(b"a8-revision")) for a in answers},
                          {(200, "2")})
         self.assertEqual(len({a.body for a in answers}), 1)
-        self.assertEqual((self.store.waiting(), self.api.blocking.waiting), (0, 0))
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def metrics_text(self):
@@ -960,6 +1044,59 @@ class BlockingReadTests(ControllerTestCase):
         self.assertEqual((answer.code, answer.header(b"a8-revision")), (200, "1"))
         self.assertEqual([r["id"] for r in answer.json()["rules"]], ["a"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LateBlockingReadTests(BlockingReadTests):
+    """The same blocking reads on a store whose answers come later."""
+
+    late = True
+
+
+class LateReadTests(ReadTests):
+    """The same reads on a store whose answers come later."""
+
+    late = True
+
+
+class GroupedReadTests(ControllerTestCase):
+    """Blocking reads are grouped by what they ask, not by how the URL spells it."""
+
+    def setUp(self):
+        ControllerTestCase.setUp(self)
+        self.post(route(id="a"))
+
+    def test_different_waits_one_group(self):
+        """Reads of the same query at the same revision with different waits share one
+        store waiter, each with its own timer."""
+        short = self.start(b"GET", RULES + "?wait=10s&revision=1")
+        long = self.start(b"GET", RULES + "?revision=1&wait=20s")
+        self.http.flush()
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (1, 2))
+        self.clock.advance(10)
+        self.assertEqual(self.finish(short).header(b"a8-revision"), "1")
+        self.assertNoResult(long)
+        self.post(route(id="b"))
+        self.assertEqual(self.finish(long).header(b"a8-revision"), "2")
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (0, 0))
+
+    def test_other_query_other_group(self):
+        """Another query, or another revision, is another group; a change answers every
+        group."""
+        waiting = [self.start(b"GET", RULES + query) for query in (
+            "?wait=10s&revision=1", "?id=a&wait=10s&revision=1", "?wait=10s&revision=5")]
+        self.http.flush()
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (3, 3))
+        self.post(route(id="b"))
+        answers = [self.finish(d) for d in waiting]
+        self.assertEqual([a.header(b"a8-revision") for a in answers], ["2", "2", "2"])
+        self.assertEqual([len(a.json()["rules"]) for a in answers], [2, 1, 2])
+        self.assertEqual((self.store.waiting(), self.api.watch.waiting), (0, 0))
+
+
+class LateGroupedReadTests(GroupedReadTests):
+    """The same grouping on a store whose answers come later."""
+
+    late = True
 
 
 def report(revision=1, service="reviews", tags=("v1",), **extra):

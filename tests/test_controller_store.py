@@ -11,11 +11,29 @@ from twisted.trial.unittest import SynchronousTestCase
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.errors import StoreCorrupt, StoreUnavailable
 from amalgam8.testing.controller import route_rule, rule_store_tests
+from amalgam8.testing.late import LateStore
 
 
 class MemoryStoreTests(rule_store_tests(lambda case: MemoryStore(),
                                         lambda case, store: store)):
     """The memory store keeps the IRuleStore contract."""
+
+
+class LateMemoryStoreTests(rule_store_tests(lambda case: LateStore(MemoryStore(), case.later),
+                                            lambda case, store: store)):
+    """The contract holds when every answer of the store comes later."""
+
+    def test_answers_later(self):
+        """The wrapped store's answers are held until the flush."""
+        d = self.store.get("default")
+        self.assertFalse(d.called)
+        self.assertEqual(self.successResultOf(d).revision, 0)
+
+
+class LateFileStoreTests(rule_store_tests(
+        lambda case: LateStore(_file_store(case), case.later),
+        lambda case, store: LateStore(FileStore(case.path), case.later))):
+    """The file store keeps the contract when its answers come later."""
 
 
 def _file_store(case):

@@ -21,6 +21,7 @@ import amalgam8.registry
 from amalgam8.auth import Authenticator
 from amalgam8.errors import InvalidRequest
 from amalgam8.registry.api import RegistryAPI
+from amalgam8.registry.fast import ROUTES
 from amalgam8.registry.model import parse_registration
 from amalgam8.registry.store import MemoryStore
 
@@ -96,10 +97,11 @@ class RoutesTests(SynchronousTestCase):
 
     def test_routes_described(self):
         """
-        Every route of RegistryAPI.app, with each of its methods (HEAD and OPTIONS aside), is
-        a path and operation of the document, and the document has no other.
+        Every route of RegistryAPI.app and of the heartbeat's road, with each of its methods
+        (HEAD and OPTIONS aside), is a path and operation of the document, and the document
+        has no other.
         """
-        served = set()
+        served = {(path, method.lower()) for path, methods in ROUTES for method in methods}
         for rule in RegistryAPI.app.url_map.iter_rules():
             path = openapi_path(rule.rule)
             for method in rule.methods or ():

@@ -19,6 +19,7 @@ from twisted.web._newclient import ResponseNeverReceived
 from amalgam8.auth import Authenticator
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
+from amalgam8.testing.late import Later, LateStore, settling
 from amalgam8.web import MAX_BODY
 from tests.helpers import Answer, make_jwt as shared_make_jwt
 
@@ -59,6 +60,7 @@ class RegistryTestCase(SynchronousTestCase):
     require_https = False
     metrics_token = None
     start_store = False
+    late = False
 
     def setUp(self):
         self.clock = Clock()
@@ -69,10 +71,18 @@ class RegistryTestCase(SynchronousTestCase):
             self.addCleanup(self.store.stopService)
         self.auth = Authenticator(
             self.modes, self.clock, jwt_secret=SECRET if "jwt" in self.modes else None)
-        self.api = RegistryAPI(self.store, self.auth, self.clock, ttl=self.ttl_policy,
+        # With late = True the API gets the store through a LateStore (every answer comes
+        # later, as a networked store's would) and each flush delivers them; self.store stays
+        # the wrapped store, read around the API.
+        self.later = Later()
+        store = LateStore(self.store, self.later) if self.late else self.store
+        self.api = RegistryAPI(store, self.auth, self.clock, ttl=self.ttl_policy,
                                require_https=self.require_https,
                                metrics_token=self.metrics_token)
         self.http = StubTreq(self.api.resource())
+        self.pump = self.http.flush
+        if self.late:
+            self.http.flush = settling(self.pump, self.later)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -367,10 +377,53 @@ class HeartbeatTests(RegistryTestCase):
         self.assertEqual(request_count(metrics, "heartbeat", "PUT", "410"), 1)
 
 
-class KleinHeartbeatTests(HeartbeatTests):
-    """The same heartbeat behaviour on the Klein route (a query string takes that road)."""
+class HeartbeatQueryTests(HeartbeatTests):
+    """The same heartbeat behaviour with a query string, which a heartbeat ignores (the
+    heartbeat has one road: there is no Klein route for it)."""
 
     suffix = "?road=klein"
+
+
+class LateHeartbeatTests(HeartbeatTests):
+    """The same heartbeat behaviour on a store whose answers come later."""
+
+    late = True
+
+    def test_answered_later(self):
+        """The heartbeat is answered once the store answers, not before."""
+        instance_id = self.register()["id"]
+        d = self.start(b"PUT", INSTANCES + "/" + instance_id + "/heartbeat")
+        self.pump()
+        self.assertNoResult(d)
+        self.assertEqual(self.later.pending, 1)
+        self.assertEqual(self.finish(d).code, 200)
+        self.assertEqual(self.later.pending, 0)
+
+
+class HeartbeatMethodTests(RegistryTestCase):
+    """The heartbeat URL takes PUT only."""
+
+    def test_other_method(self):
+        """Another method gets 405 with Allow: PUT and changes nothing."""
+        instance_id = self.register()["id"]
+        for method in (b"GET", b"POST", b"DELETE", b"PATCH"):
+            answer = self.assertRejected(405, method, INSTANCES + "/" + instance_id
+                                         + "/heartbeat")
+            self.assertEqual(answer.header(b"allow"), "PUT")
+        self.assertEqual(self.store.stats()["heartbeats"], 0)
+
+    def test_escaped_id(self):
+        """A percent-escaped id is the id it spells."""
+        instance_id = self.register()["id"]
+        escaped = "".join("%{:02x}".format(ord(c)) for c in instance_id)
+        answer = self.request(b"PUT", INSTANCES + "/" + escaped + "/heartbeat")
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(self.store.stats()["heartbeats"], 1)
+
+    def test_not_an_id(self):
+        """An id that is not ASCII, or not UTF-8, gets 410."""
+        for raw in ("%C3%A9t%C3%A9", "%ff"):
+            self.assertRejected(410, b"PUT", INSTANCES + "/" + raw + "/heartbeat")
 
 
 class DeregisterTests(RegistryTestCase):
@@ -777,6 +830,90 @@ class BlockingReadTests(RegistryTestCase):
         self.assertEqual(len(self.listing()), 2)
 
 
+class GroupedBlockingReadTests(RegistryTestCase):
+    """Identical blocking reads wait as one group: one store waiter, one encoding."""
+
+    def setUp(self):
+        RegistryTestCase.setUp(self)
+        self.first = self.register(reg("web", "a"))["id"]
+
+    def test_hundred_readers_one_waiter(self):
+        """A hundred identical reads hold one store waiter, are counted as a hundred, and
+        all get the same answer; another query is another group."""
+        same = [self.start(b"GET", INSTANCES + "?service_name=web&wait=30s&index=1")
+                for _ in range(100)]
+        other = self.start(b"GET", INSTANCES + "?wait=30s&index=1")
+        self.http.flush()
+        self.assertEqual(self.store.stats()["waiters"], 2)
+        text = self.request(b"GET", "/metrics").body.decode("utf-8")
+        self.assertEqual(sample_value(text, "a8_registry_blocking_reads"), 101)
+        self.register(reg("web", "b"))
+        answers = [self.finish(d) for d in same]
+        self.assertEqual({(a.code, a.header(b"a8-index")) for a in answers}, {(200, "2")})
+        self.assertEqual(len({a.body for a in answers}), 1)
+        self.assertEqual(len(answers[0].json()["instances"]), 2)
+        self.assertEqual(self.finish(other).header(b"a8-index"), "2")
+        self.assertEqual(self.store.stats()["waiters"], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_encoding(self):
+        """The group's answer is encoded once, however many readers it has."""
+        import amalgam8.registry.api as api_module
+
+        encodings = []
+        original = api_module._instances_body
+
+        def counting(*args):
+            encodings.append(args)
+            return original(*args)
+
+        self.patch(api_module, "_instances_body", counting)
+        waiting = [self.start(b"GET", INSTANCES + "?wait=30s&index=1") for _ in range(10)]
+        self.http.flush()
+        self.register(reg("web", "b"))
+        for d in waiting:
+            self.assertEqual(self.finish(d).code, 200)
+        self.assertEqual(len(encodings), 1)
+
+    def test_reader_leaves_group(self):
+        """A reader that goes away leaves its group; the others still wait and are
+        answered; the last one out cancels the store waiter."""
+        first = self.start(b"GET", INSTANCES + "?wait=30s&index=1")
+        second = self.start(b"GET", INSTANCES + "?wait=30s&index=1")
+        self.http.flush()
+        first.cancel()
+        self.http.flush()
+        self.failureResultOf(first)
+        self.assertEqual(self.store.stats()["waiters"], 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(30)
+        self.assertEqual(self.finish(second).header(b"a8-index"), "1")
+        self.assertEqual(self.store.stats()["waiters"], 0)
+
+    def test_own_timers(self):
+        """Each reader of a group has its own wait: the shorter one is answered first."""
+        short = self.start(b"GET", INSTANCES + "?wait=10s&index=1")
+        long = self.start(b"GET", INSTANCES + "?wait=20s&index=1")
+        self.http.flush()
+        self.clock.advance(10)
+        self.assertEqual(self.finish(short).header(b"a8-index"), "1")
+        self.assertNoResult(long)
+        self.register(reg("web", "b"))
+        self.assertEqual(self.finish(long).header(b"a8-index"), "2")
+
+
+class LateBlockingReadTests(BlockingReadTests):
+    """The same blocking reads on a store whose answers come later."""
+
+    late = True
+
+
+class LateGroupedBlockingReadTests(GroupedBlockingReadTests):
+    """The same grouped blocking reads on a store whose answers come later."""
+
+    late = True
+
+
 class ExpiryWakesTests(RegistryTestCase):
     """An expiry is a change: it wakes blocking reads."""
 
@@ -866,6 +1003,24 @@ def sample_value(text, name, **labels):
 def request_count(text, route, method, status):
     return sample_value(text, "a8_registry_http_requests_total",
                         route=route, method=method, status=status)
+
+
+class LateListingTests(ListingTests):
+    """The same listings on a store whose answers come later."""
+
+    late = True
+
+
+class LateServicesTests(ServicesTests):
+    """The same service reads on a store whose answers come later."""
+
+    late = True
+
+
+class LateExpiryWakesTests(ExpiryWakesTests):
+    """An expiry wakes blocking reads on a store whose answers come later too."""
+
+    late = True
 
 
 class MetricsTests(RegistryTestCase):

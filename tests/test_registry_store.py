@@ -9,6 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from amalgam8.registry.store import MemoryStore
+from amalgam8.testing.late import LateStore
 from amalgam8.testing.registry import registration, registry_store_tests
 
 
@@ -17,6 +18,20 @@ class MemoryStoreContractTests(
                                                                         capacity=capacity))
 ):
     """The in-memory store keeps the IRegistryStore contract."""
+
+
+class LateMemoryStoreContractTests(
+    registry_store_tests(lambda case, clock, capacity=None: LateStore(
+        MemoryStore(clock=clock, capacity=capacity), case.later))
+):
+    """The contract holds when every answer of the store comes later."""
+
+    def test_answers_later(self):
+        """The wrapped store's answers are held until the flush (the suite is not run on
+        a store that answers at once by mistake)."""
+        d = self.store.instances("default")
+        self.assertFalse(d.called)
+        self.assertEqual(self.successResultOf(d), (0, []))
 
 
 class MemoryStoreScaleTests(SynchronousTestCase):

@@ -2,22 +2,26 @@
 """
 The controller's HTTP API (SPEC A3, B1, B2, B5), as an instance-bound Klein app.
 
-Every read of rules is answered from an encoding made once per namespace, revision and
-query: thousands of sidecars reading the same rules cost one encoding per change.
+Every read of rules (C{GET /v1/rules}, C{/v1/rules/routes|actions} and
+C{/v1/rules/routes|actions/{destination}}, blocking or not) has one implementation,
+L{ControllerAPI.read_rules}, reached by the short road of L{ControllerFront} rather than by a
+Klein route: it is answered from an encoding made once per namespace, revision and query
+(L{amalgam8.controller.watch.RuleWatch}), so thousands of sidecars reading the same rules
+cost one encoding per change, and it waits for the store however long the store takes.
 """
 
 import re
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
 from amalgam8.controller.model import encode
 from amalgam8.controller.proxies import ProxyReports, parse_rejected
 from amalgam8.controller.traces import MAX_PAGE, TraceBuffer
+from amalgam8.controller.watch import RuleWatch
 from amalgam8.errors import (
-    A8Error,
     BadNamespaceHeader,
     Conflict,
     InvalidRequest,
@@ -35,13 +39,13 @@ from amalgam8.web import (
     metrics_answer,
     query,
     route_name,
-    wait_for_newer,
 )
 
 __all__ = ["ControllerAPI"]
 
 _JSON = b"application/json"
 _FILTERS = frozenset({"id", "tag", "destination"})
+_DESTINATION_FILTERS = frozenset({"id", "tag"})
 _WAIT = frozenset({"wait", "revision"})
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
 MAX_RECORDS = 10000
@@ -66,11 +70,10 @@ class ControllerAPI:
         self._proxies = proxies if proxies is not None else ProxyReports(clock)
         self._traces = traces if traces is not None else TraceBuffer()
         self._metrics = metrics if metrics is not None else Metrics("a8_controller")
-        self._metrics.registry.register(_Collector(self))
         self._require_https = require_https
         self._metrics_token = metrics_token
-        self._responses = {}
-        self.blocking = BlockingReads(self)
+        self.watch = RuleWatch(store, clock)
+        self._metrics.registry.register(_Collector(store, self.watch, self._traces))
 
     def resource(self):
         """The root C{IResource} of the server."""
@@ -98,23 +101,6 @@ class ControllerAPI:
             return target
         return namespace
 
-    # -- cached encodings ---------------------------------------------------------------
-
-    def cached(self, namespace, revision, key):
-        """The encoded answer to C{key} at C{revision}, if made already."""
-        entry = self._responses.get(namespace)
-        if entry is not None and entry[0] == revision:
-            return entry[1].get(key)
-        return None
-
-    def _remember(self, namespace, revision, key, body):
-        entry = self._responses.get(namespace)
-        if entry is None or entry[0] != revision:
-            entry = self._responses[namespace] = (revision, {})
-        if len(entry[1]) < 1024:
-            entry[1][key] = body
-        return body
-
     # -- errors --------------------------------------------------------------------------
 
     @app.handle_errors(Exception)
@@ -139,62 +125,36 @@ class ControllerAPI:
     async def schema(self, request):
         return _body(request, SCHEMA_BYTES)
 
-    # -- reading rules -------------------------------------------------------------------
+    # -- reading rules (served by ControllerFront's short road, not by Klein) -------------
 
-    async def _read(self, request, params, namespace):
-        """The namespace's rules, after waiting for a newer revision when asked to."""
-        wait, since = blocking_params(params, "revision")
-        ruleset = await self._store.get(namespace)
-        if wait and since is not None and ruleset.revision <= since:
-            await wait_for_newer(self._store, self._clock, namespace, since, wait)
-            ruleset = await self._store.get(namespace)
-        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return ruleset
+    def read_rules(self, request, target):
+        """
+        The one implementation of the reads of rules, blocking (SPEC B1) or not.
 
-    async def _answer(self, request, allowed, build, kind=None, destination=None):
+        @param target: the L{_ReadTarget} the URL names.
+        @return: a Deferred firing with C{(ruleset, body, cached)} (see
+            L{RuleWatch.read}); it fails with an L{A8Error} for a request to refuse.
+        """
         namespace = self.namespace(request)
-        params = query(request, allowed | _WAIT)
-        ruleset = await self._read(request, params, namespace)
-        key = _cache_key(request, kind, destination)
-        body = self.cached(namespace, ruleset.revision, key)
-        if body is None:
-            body = self._remember(namespace, ruleset.revision, key,
-                                  build(ruleset, _filters(params)))
-        return _body(request, body)
-
-    @app.route("/v1/rules", methods=["GET"])
-    @route_name("rules")
-    async def get_rules(self, request):
-        def build(ruleset, filters):
-            return _rules_body(ruleset.select(**filters), ruleset.revision)
-
-        return await self._answer(request, _FILTERS, build)
-
-    @app.route("/v1/rules/<any(routes, actions):kinds>", methods=["GET"])
-    @route_name("rules_by_destination")
-    async def get_by_kind(self, request, kinds):
-        kind = _KINDS[kinds]
-
-        def build(ruleset, filters):
-            services = {}
-            for rule in ruleset.select(kind=kind, **filters):
-                services.setdefault(rule["destination"], []).append(rule)
-            return encode({"services": services, "revision": ruleset.revision}).encode()
-
-        return await self._answer(request, _FILTERS, build, kind=kind)
-
-    @app.route("/v1/rules/<any(routes, actions):kinds>/<string:destination>",
-               methods=["GET"])
-    @route_name("rules_of_destination")
-    async def get_destination(self, request, kinds, destination):
-        kind = _KINDS[kinds]
-
-        def build(ruleset, filters):
-            filters["destinations"] = {destination}
-            return _rules_body(ruleset.select(kind=kind, **filters), ruleset.revision)
-
-        return await self._answer(request, frozenset({"id", "tag"}), build, kind=kind,
-                                  destination=destination)
+        params = query(request, target.allowed | _WAIT)
+        wait, since = blocking_params(params, "revision")
+        filters = _filters(params)
+        if target.destination is not None:
+            filters["destinations"] = {target.destination}
+        kind = target.kind
+        if target.grouped:
+            def build(ruleset):
+                services = {}
+                for rule in ruleset.select(kind=kind, **filters):
+                    services.setdefault(rule["destination"], []).append(rule)
+                return encode({"services": services, "revision": ruleset.revision}).encode()
+        else:
+            def build(ruleset):
+                return _rules_body(ruleset.select(kind=kind, **filters), ruleset.revision)
+        key = (target.route, target.destination,
+               tuple(sorted((name, tuple(values)) for name, values in params.items()
+                            if name not in _WAIT)))
+        return self.watch.read(namespace, key, build, wait, since)
 
     # -- changing rules -------------------------------------------------------------------
 
@@ -204,7 +164,7 @@ class ControllerAPI:
         store's revision moved on meanwhile.
         """
         for _ in range(10):
-            ruleset = await self._store.get(namespace)
+            ruleset = await self.watch.current(namespace)
             rules, answer = compute(ruleset)
             if rules is None:
                 return ruleset, answer
@@ -212,6 +172,7 @@ class ControllerAPI:
                 new = await self._store.put(namespace, ruleset.revision, rules)
             except Conflict:
                 continue
+            self.watch.record(new, namespace)
             self.log.info("rules of {namespace} now at revision {revision}",
                           namespace=namespace, revision=new.revision)
             return new, answer
@@ -406,165 +367,86 @@ class ControllerAPI:
         }).encode())
 
 
+class _ReadTarget:
+    """What a rule-reading URL asks for."""
+
+    __slots__ = ("route", "kind", "destination", "grouped", "allowed", "methods")
+
+    def __init__(self, route, kind, destination, grouped, allowed, methods):
+        self.route = route
+        self.kind = kind
+        self.destination = destination
+        self.grouped = grouped
+        self.allowed = allowed
+        self.methods = methods
+
+
+_ALL_RULES = _ReadTarget("rules", None, None, False, _FILTERS,
+                         ("DELETE", "GET", "HEAD", "POST", "PUT"))
+_GROUPED = {
+    name: _ReadTarget("rules_by_destination", kind, None, True, _FILTERS, ("GET", "HEAD"))
+    for name, kind in ((b"routes", "route"), (b"actions", "action"))
+}
+_OF_DESTINATION = ("DELETE", "GET", "HEAD", "PUT")
+_READ_METHODS = (b"GET", b"HEAD")
+_PREFIX = b"/v1/rules/"
+
+
+def _read_target(path):
+    """The L{_ReadTarget} of a request path, or L{None} for a path that reads no rules."""
+    if path == b"/v1/rules":
+        return _ALL_RULES
+    if not path.startswith(_PREFIX):
+        return None
+    parts = path[len(_PREFIX):].split(b"/")
+    grouped = _GROUPED.get(parts[0])
+    if grouped is None:
+        return None
+    if len(parts) == 1:
+        return grouped
+    if len(parts) != 2 or not parts[1]:
+        return None
+    try:
+        destination = unquote_to_bytes(parts[1]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return _ReadTarget("rules_of_destination", grouped.kind, destination, False,
+                       _DESTINATION_FILTERS, _OF_DESTINATION)
+
+
 class ControllerFront(Front):
     """
-    The controller's root: L{Front}, plus reads of rules answered straight from the cached
-    encoding when one exists for the namespace's current revision (no Klein routing, no
-    coroutine). Everything else, and every cache miss, goes on to the Klein app.
+    The controller's root: L{Front}, whose short road is the one implementation of every
+    read of rules (L{ControllerAPI.read_rules}); the Klein app answers everything else.
     """
 
     def __init__(self, api, inner, metrics, require_https=False):
         Front.__init__(self, inner, metrics, require_https, error_body=controller_error)
         self.api = api
 
-    def render(self, request):
-        if request.method == b"GET" and not self.require_https and \
-                request.path == b"/v1/rules" and b"wait" in request.args:
-            if self.api.blocking.wait(request, self):
-                return NOT_DONE_YET
-        if request.method == b"GET" and not self.require_https and \
-                request.path.startswith(b"/v1/rules") and b"wait" not in request.args:
-            started = self._now()
-            try:
-                namespace = self.api.namespace(request)
-            except A8Error:
-                return Front.render(self, request)
-            result = self.api._store.get(namespace)
-            answer = []
-            result.addCallback(answer.append)
-            if answer:
-                revision = answer[0].revision
-                body = self.api.cached(namespace, revision, _cache_key(request))
-                if body is not None:
-                    request.route = "rules_cached"
-                    self.request_id(request)
-                    request.setHeader(b"a8-revision", b"%d" % revision)
-                    request.setHeader(b"content-type", _JSON)
-                    request.setHeader(b"content-length", b"%d" % len(body))
-                    self.metrics.observe("rules_cached", "GET", 200, self._now() - started)
-                    return body
-        return Front.render(self, request)
-
-
-class _Waiting:
-    __slots__ = ("request", "timer", "started")
-
-    def __init__(self, request, started):
-        self.request = request
-        self.started = started
-        self.timer = None
-
-
-class BlockingReads:
-    """
-    Blocking reads of C{GET /v1/rules} held without Klein or a coroutine per reader.
-
-    Readers of the same namespace, revision and query form one group with one store waiter;
-    a change answers the whole group from one cached encoding, writing each response as
-    soon as it is ready. Each reader has its own C{wait} timer; a reader that goes away
-    leaves its group at once. Anything unusual (a bad parameter, a revision already passed)
-    is left to the Klein route, which answers it the same way.
-    """
-
-    def __init__(self, api):
-        self._api = api
-        self._groups = {}
-        self.waiting = 0
-
-    def wait(self, request, front):
-        api = self._api
-        started = front._now()
-        try:
-            namespace = api.namespace(request)
-            params = query(request, _FILTERS | _WAIT)
-            wait, since = blocking_params(params, "revision")
-            filters = _filters(params)
-        except (A8Error, ValueError, KeyError):
-            return False
-        if since is None or not wait:
-            return False
-        current = []
-        api._store.get(namespace).addCallback(current.append)
-        if not current or current[0].revision > since:
-            return False
-        key = (namespace, since, request.uri)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = {}
-            change = api._store.wait_for_change(namespace, since)
-            change.addCallback(self._wake, front, key, filters)
-            change.addErrback(self._lost, key)
-            group[None] = change
-        request.route = "rules_wait"
-        front.request_id(request)
-        entry = _Waiting(request, started)
-        entry.timer = api._clock.callLater(wait, self._expire, front, key, entry, filters)
-        group[id(request)] = entry
-        self.waiting += 1
-
-        def gone(_):
-            if group.pop(id(request), None) is not None:
-                self.waiting -= 1
-                entry.timer.cancel()
-                self._drop_if_empty(key, group)
-
-        request.notifyFinish().addErrback(gone)
-        return True
-
-    def _drop_if_empty(self, key, group):
-        if len(group) == 1 and self._groups.get(key) is group:
-            del self._groups[key]
-            group[None].cancel()
-
-    def _lost(self, failure, key):
-        failure.trap(CancelledError)
-        return None
-
-    def _wake(self, _revision, front, key, filters):
-        group = self._groups.pop(key, None)
-        if not group:
+    def road(self, request):
+        target = _read_target(request.path)
+        if target is None:
             return None
-        group.pop(None, None)
-        entries = list(group.values())
-        for entry in entries:
-            entry.timer.cancel()
-        self.waiting -= len(entries)
-        self._answer(front, key, filters, entries)
+        if request.method in _READ_METHODS:
+            return lambda request: self._read(request, target)
+        if request.method.decode("ascii", "replace") not in target.methods:
+            return lambda request: self.not_allowed(request, target.methods)
         return None
 
-    def _expire(self, front, key, entry, filters):
-        group = self._groups.get(key)
-        if group is not None and group.pop(id(entry.request), None) is not None:
-            self.waiting -= 1
-            self._drop_if_empty(key, group)
-        self._answer(front, key, filters, [entry])
-
-    def _answer(self, front, key, filters, entries):
-        api = self._api
-        namespace, _, uri = key
-        current = []
-        api._store.get(namespace).addCallback(current.append)
-        ruleset = current[0]
-        body = api.cached(namespace, ruleset.revision, uri)
-        if body is None:
-            body = api._remember(namespace, ruleset.revision, uri,
-                                 _rules_body(ruleset.select(**filters), ruleset.revision))
-        revision = b"%d" % ruleset.revision
-        length = b"%d" % len(body)
-        for entry in entries:
-            request = entry.request
-            if request.finished or request._disconnected:
-                continue
-            request.setHeader(b"a8-revision", revision)
-            request.setHeader(b"content-type", _JSON)
-            request.setHeader(b"content-length", length)
-            request.write(body)
-            request.finish()
-            front.metrics.observe("rules_wait", "GET", 200, front._now() - entry.started)
+    def _read(self, request, target):
+        result = maybeDeferred(self.api.read_rules, request, target)
+        return self.respond(request, target.route, result, _answer_read)
 
 
-def _cache_key(request, kind=None, destination=None):
-    return request.uri
+def _answer_read(request, answer):
+    ruleset, body, cached = answer
+    if b"wait" in request.args:
+        request.route = "rules_wait"
+    elif cached:
+        request.route = "rules_cached"
+    request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
+    return body
 
 
 def _filters(params):
@@ -633,33 +515,44 @@ def _proxy_report(body):
 
 
 class _Collector:
-    """Reads the controller's state when Prometheus scrapes."""
+    """
+    Reads the controller's state when Prometheus scrapes: the rules of each namespace as
+    the watch last saw them (a namespace not seen yet is read now, and shows as soon as
+    the store has answered).
+    """
 
-    def __init__(self, api):
-        self._api = api
+    log = Logger()
+
+    def __init__(self, store, watch, traces):
+        self._store = store
+        self._watch = watch
+        self._traces = traces
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        api = self._api
         rules = GaugeMetricFamily("a8_controller_rules", "Rules, by namespace.",
                                   labels=["namespace"])
         revisions = GaugeMetricFamily("a8_controller_revision",
                                       "Rule revision, by namespace.", labels=["namespace"])
-        for namespace in api._store.namespaces():
-            result = []
-            api._store.get(namespace).addCallback(result.append)
-            if result:
-                rules.add_metric([namespace], len(result[0].rules))
-                revisions.add_metric([namespace], result[0].revision)
+        for namespace in self._store.namespaces():
+            ruleset = self._watch.snapshot(namespace)
+            if ruleset is None:
+                self._watch.current(namespace).addErrback(
+                    lambda failure: self.log.failure("cannot read the rules for metrics",
+                                                     failure))
+                ruleset = self._watch.snapshot(namespace)
+            if ruleset is not None:
+                rules.add_metric([namespace], len(ruleset.rules))
+                revisions.add_metric([namespace], ruleset.revision)
         yield rules
         yield revisions
-        waiting = getattr(api._store, "waiting", None)
-        held = api.blocking.waiting - len(api.blocking._groups)
+        waiting = getattr(self._store, "waiting", None)
+        held = self._watch.waiting - self._watch.groups
         yield GaugeMetricFamily("a8_controller_blocking_reads",
                                 "Blocking reads waiting for a change.",
                                 value=(waiting() if waiting else 0) + held)
-        stats = api._traces.stats()
+        stats = self._traces.stats()
         yield CounterMetricFamily("a8_controller_trace_records_received",
                                   "Trace records received.", value=stats["received"])
         dropped = CounterMetricFamily("a8_controller_trace_records_dropped",

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_registry_api -*-
 """
-The registry's HTTP API (SPEC A2 and B1), as an instance-bound Klein app.
+The registry's HTTP API (SPEC A2 and B1), as an instance-bound Klein app; the heartbeat's
+road is L{amalgam8.registry.fast}. Blocking reads wait in groups (L{amalgam8.watch}): the
+readers of one query at one index share one store waiter and one encoding of the answer.
 """
 
 import json
@@ -14,6 +16,7 @@ from amalgam8.errors import InvalidRequest, NotFound
 from amalgam8.logs import debug_enabled
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
+from amalgam8.watch import GroupedWaits
 from amalgam8.web import (
     Metrics,
     answer_failure,
@@ -24,13 +27,13 @@ from amalgam8.web import (
     query,
     registry_error,
     route_name,
-    wait_for_newer,
 )
 
 __all__ = ["RegistryAPI", "TTLPolicy"]
 
 _LIST_PARAMS = frozenset({"service_name", "tags", "status", "id", "fields", "wait", "index"})
 _FILTERS = frozenset({"service_name", "tags", "status", "id"})
+_WAIT = frozenset({"wait", "index"})
 _JSON = b"application/json"
 
 
@@ -78,7 +81,8 @@ class RegistryAPI:
         self._metrics = metrics if metrics is not None else Metrics("a8_registry")
         self._metrics_token = metrics_token
         self._started = clock.seconds()
-        self._metrics.registry.register(_StoreCollector(store))
+        self._waits = GroupedWaits(clock, store.wait_for_change)
+        self._metrics.registry.register(_StoreCollector(store, self._waits))
         self._require_https = require_https
 
     def resource(self):
@@ -136,13 +140,6 @@ class RegistryAPI:
             "links": {"self": url, "heartbeat": url + "/heartbeat"},
         })
 
-    @app.route("/api/v1/instances/<string:instance_id>/heartbeat", methods=["PUT"])
-    @route_name("heartbeat")
-    async def heartbeat(self, request, instance_id):
-        namespace = self._namespace(request)
-        await self._store.heartbeat(namespace, instance_id)
-        return _body(request, b"")
-
     @app.route("/api/v1/instances/<string:instance_id>", methods=["DELETE"])
     @route_name("deregister")
     async def deregister(self, request, instance_id):
@@ -161,21 +158,31 @@ class RegistryAPI:
         params = query(request, _LIST_PARAMS)
         select = _selection(params)
         fields = _fields(params)
-        index, instances = await self._blocking(
-            request, params, namespace, lambda: self._store.instances(
-                namespace, select.service if select.service_count == 1 else None))
-        request.setHeader(b"a8-index", str(index).encode("ascii"))
-        chosen = [i for i in instances if select.matches(i)]
-        return _json_instances(request, b'{"instances":[', chosen, fields)
+        service = select.service if select.service_count == 1 else None
 
-    async def _blocking(self, request, params, namespace, read):
-        """Read, and when C{wait} and C{index} ask for it, wait for a newer index first."""
-        wait, index = blocking_params(params, "index")
-        current, result = await read()
-        if wait and index is not None and current <= index:
-            await wait_for_newer(self._store, self._clock, namespace, index, wait)
-            current, result = await read()
-        return current, result
+        def build(state):
+            index, instances = state
+            chosen = [i for i in instances if select.matches(i)]
+            return index, _instances_body(b'{"instances":[', chosen, fields)
+
+        return _body(request, await self._read(
+            request, params, namespace, lambda: self._store.instances(namespace, service),
+            build))
+
+    async def _read(self, request, params, namespace, fetch, build):
+        """
+        The body of C{build(fetch())} (C{(index, body)}), with the index in C{A8-Index};
+        when C{wait} and C{index} ask for it,
+        wait first for a newer index, grouped with the same reads at the same index.
+        """
+        wait, since = blocking_params(params, "index")
+        key = (namespace, since, request.path,
+               tuple(sorted((name, tuple(values)) for name, values in params.items()
+                            if name not in _WAIT)))
+        index, body = await self._waits.read(key, namespace, since, wait, fetch, _index,
+                                             build)
+        request.setHeader(b"a8-index", b"%d" % index)
+        return body
 
     # -- services ----------------------------------------------------------------------------
 
@@ -184,10 +191,13 @@ class RegistryAPI:
     async def services(self, request):
         namespace = self._namespace(request)
         params = query(request, frozenset({"wait", "index"}))
-        index, names = await self._blocking(
-            request, params, namespace, lambda: self._store.services(namespace))
-        request.setHeader(b"a8-index", str(index).encode("ascii"))
-        return _json(request, {"services": names})
+
+        def build(state):
+            index, names = state
+            return index, _encode({"services": names})
+
+        return _body(request, await self._read(
+            request, params, namespace, lambda: self._store.services(namespace), build))
 
     @app.route("/api/v1/services/<string:name>", methods=["GET"])
     @route_name("service")
@@ -195,13 +205,23 @@ class RegistryAPI:
         namespace = self._namespace(request)
         params = query(request, frozenset({"wait", "index", "fields"}))
         fields = _fields(params)
-        index, instances = await self._blocking(
-            request, params, namespace, lambda: self._store.instances(namespace, name))
-        request.setHeader(b"a8-index", str(index).encode("ascii"))
-        if not instances:
-            raise NotFound("no instances of service {}".format(name))
         head = b'{"service_name":' + json.dumps(name).encode("utf-8") + b',"instances":['
-        return _json_instances(request, head, instances, fields)
+
+        def build(state):
+            index, instances = state
+            if not instances:
+                return index, None
+            return index, _instances_body(head, instances, fields)
+
+        body = await self._read(request, params, namespace,
+                                lambda: self._store.instances(namespace, name), build)
+        if body is None:
+            raise NotFound("no instances of service {}".format(name))
+        return _body(request, body)
+
+
+def _index(state):
+    return state[0]
 
 
 @attrs.frozen
@@ -261,23 +281,26 @@ def _fields(params):
     return set(fields) | {"id", "endpoint"}
 
 
+def _encode(value):
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
 def _json(request, value):
-    return _body(request, json.dumps(value, separators=(",", ":")).encode("utf-8"))
+    return _body(request, _encode(value))
 
 
 _body = json_answer
 
 
-def _json_instances(request, head, instances, fields):
+def _instances_body(head, instances, fields):
     if fields is None:
         body = b",".join(instance.encode() for instance in instances)
     else:
         body = b",".join(
-            json.dumps({k: v for k, v in i.as_dict().items() if k in fields},
-                       separators=(",", ":")).encode("utf-8")
+            _encode({k: v for k, v in i.as_dict().items() if k in fields})
             for i in instances
         )
-    return _body(request, head + body + b"]}")
+    return head + body + b"]}"
 
 
 def _base_url(request):
@@ -306,8 +329,9 @@ def _openapi():
 class _StoreCollector:
     """Reads the store's counters when Prometheus scrapes."""
 
-    def __init__(self, store):
+    def __init__(self, store, waits):
         self._store = store
+        self._waits = waits
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -326,6 +350,7 @@ class _StoreCollector:
             ("expirations", "Instances removed because their ttl ran out."),
         ):
             yield CounterMetricFamily("a8_registry_" + name, text, value=stats[name])
+        held = self._waits.waiting - self._waits.groups
         yield GaugeMetricFamily("a8_registry_blocking_reads",
                                 "Blocking reads waiting for a change.",
-                                value=stats.get("waiters", 0))
+                                value=stats.get("waiters", 0) + held)

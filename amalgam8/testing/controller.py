@@ -3,7 +3,10 @@
 The contract every L{amalgam8.interfaces.IRuleStore} keeps, as a test-case factory.
 
 C{make_store(case)} returns a fresh store; C{reopen(case, store)} returns the store a
-restarted controller would get (the same object for a store that keeps nothing).
+restarted controller would get (the same object for a store that keeps nothing). The suite
+holds for a store whose Deferreds fire later too: it flushes C{case.later} (an
+L{amalgam8.testing.late.Later}) before it looks at a result, so C{LateStore(store,
+case.later)} runs it unchanged.
 """
 
 from twisted.internet.defer import CancelledError
@@ -12,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from amalgam8.errors import Conflict
 from amalgam8.interfaces import IRuleStore
+from amalgam8.testing.late import FlushingResults
 
 __all__ = ["rule_store_tests", "route_rule", "action_rule"]
 
@@ -33,8 +37,9 @@ def action_rule(rule_id, destination="ratings", priority=0, **extra):
 
 
 def rule_store_tests(make_store, reopen):
-    class RuleStoreContract(SynchronousTestCase):
+    class RuleStoreContract(FlushingResults, SynchronousTestCase):
         def setUp(self):
+            self.setUpLater()
             self.store = make_store(self)
             self.store.startService()
             self.addCleanup(self.store.stopService)

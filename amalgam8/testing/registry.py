@@ -6,7 +6,9 @@ The contract every L{amalgam8.interfaces.IRegistryStore} keeps, as a test-case f
         pass
 
 C{make_store(case, clock, capacity=None)} returns a store reading time from C{clock} (a
-L{twisted.internet.task.Clock}); the suite starts and stops it.
+L{twisted.internet.task.Clock}); the suite starts and stops it. The suite holds for a store
+whose Deferreds fire later too: it flushes C{case.later} (an L{amalgam8.testing.late.Later})
+before it looks at a result, so C{LateStore(store, case.later)} runs it unchanged.
 """
 
 from twisted.internet.defer import CancelledError
@@ -16,6 +18,7 @@ from zope.interface.verify import verifyObject
 
 from amalgam8.errors import QuotaExceeded, UnknownInstance
 from amalgam8.interfaces import IRegistryStore
+from amalgam8.testing.late import FlushingResults
 from amalgam8.registry.model import Registration
 
 __all__ = ["registry_store_tests", "registration"]
@@ -33,8 +36,9 @@ def registry_store_tests(make_store):
     @return: a L{SynchronousTestCase} subclass holding the contract.
     """
 
-    class RegistryStoreContract(SynchronousTestCase):
+    class RegistryStoreContract(FlushingResults, SynchronousTestCase):
         def setUp(self):
+            self.setUpLater()
             self.clock = Clock()
             self.clock.advance(1_700_000_000)
             self.store = self.make()
