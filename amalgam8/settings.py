@@ -237,8 +237,8 @@ class Setting:
 
 CONFIG = Setting(
     "config", "A8_CONFIG", parse_text, None,
-    "A YAML file of settings: a mapping of the YAML keys in this table. Options and "
-    "environment variables beat it; an unknown key is refused.",
+    "A YAML file of settings: a mapping of their YAML keys (`auth_mode: jwt`). Options "
+    "and environment variables beat it; an unknown key is refused.",
     yaml=None, metavar="FILE")
 
 
@@ -260,7 +260,7 @@ class Loaded:
 
     @ivar values: name -> value (L{None} where none was given and there is no default).
     @ivar sources: name -> where the value came from (C{"--min-ttl"},
-        C{"A8_MIN_TTL (environment)"}, C{"min_ttl (a8.yaml)"} or C{"default"}).
+        C{"A8_MIN_TTL (environment)"}, C{"min_ttl in a8.yaml"} or C{"default"}).
     """
 
     values: dict
@@ -271,6 +271,15 @@ class Loaded:
 
     def given(self, name):
         return self.sources.get(name, "default") != "default"
+
+    def origins(self, *names):
+        """
+        For a cross-setting error: C{" (from A8_MIN_TTL (environment))"} naming where those
+        of C{names} that came from the environment or the file came from, else C{""}.
+        """
+        found = [self.sources[name] for name in names
+                 if not self.sources.get(name, "default").startswith(("--", "default"))]
+        return " (from {})".format(", ".join(found)) if found else ""
 
 
 def _read_yaml(path, source):
@@ -377,7 +386,7 @@ def load(table, flags=None, environ=None):
         if setting.name in from_file:
             value, key = from_file[setting.name]
             if value is not None:
-                return _InFile(value), "{} ({})".format(key, path)
+                return _InFile(value), "{} in {}".format(key, path)
         return None
 
     by_name = {setting.name: setting for setting in table}
@@ -515,7 +524,7 @@ SERVER_SETTINGS = (
     Setting("listen", None, check_endpoint, None,
             "Where to listen: any Twisted endpoint string (`tcp:8080:interface=127.0.0.1`, "
             "`ssl:8443:privateKey=key.pem:certKey=cert.pem`).",
-            repeat=True, shown_default="`tcp:` and the API port", metavar="ENDPOINT"),
+            repeat=True, shown_default="`tcp:PORT`, PORT the API port", metavar="ENDPOINT"),
     Setting("api-port", "A8_API_PORT", parse_port, DEFAULT_PORT,
             "The port to listen on (every interface) when no `--listen` is given.",
             option=False, unless="listen"),
@@ -540,7 +549,8 @@ SERVER_SETTINGS = (
 def check_server(options):
     """Cross-checks of the server settings; the default listener."""
     if "jwt" in options["auth-mode"] and not options["jwt-secret"]:
-        raise SettingError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET)")
+        raise SettingError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET){}".format(
+            options.loaded.origins("auth-mode")))
     if not options["listen"]:
         options["listen"] = ["tcp:{}".format(options["api-port"])]
 

@@ -67,16 +67,18 @@ class Options(SettingsOptions):
     def check(self):
         check_server(self)
         if self["proxy-report-interval"] <= 0:
-            raise SettingError("--proxy-report-interval must be above 0")
+            raise SettingError("--proxy-report-interval must be above 0{}".format(
+                self.loaded.origins("proxy-report-interval")))
         if self["database-type"] == "file":
             path = self["database-host"]
             if not path:
                 raise SettingError(
-                    "--database-type file needs --database-host PATH (A8_DATABASE_HOST)")
+                    "--database-type file needs --database-host PATH (A8_DATABASE_HOST){}"
+                    .format(self.loaded.origins("database-type", "database-host")))
             try:
                 self["rule-store"] = FileStore(path)
             except StoreCorrupt as e:
-                raise SettingError(str(e))
+                raise SettingError("{}{}".format(e, self.loaded.origins("database-host")))
         else:
             self["rule-store"] = MemoryStore()
 

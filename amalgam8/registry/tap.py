@@ -97,11 +97,14 @@ class Options(SettingsOptions):
         check_server(self)
         low, default, high = self["min-ttl"], self["default-ttl"], self["max-ttl"]
         if low <= 0:
-            raise SettingError("--min-ttl must be above 0")
+            raise SettingError("--min-ttl must be above 0{}".format(
+                self.loaded.origins("min-ttl")))
         if not low <= default <= high:
             raise SettingError(
                 "TTLs must satisfy min-ttl <= default-ttl <= max-ttl "
-                "(got {:g} <= {:g} <= {:g})".format(low, default, high))
+                "(got {:g} <= {:g} <= {:g}){}".format(
+                    low, default, high,
+                    self.loaded.origins("min-ttl", "default-ttl", "max-ttl")))
 
 
 def makeService(options, reactor=None):
