@@ -237,8 +237,8 @@ class Setting:
 
 CONFIG = Setting(
     "config", "A8_CONFIG", parse_text, None,
-    "A YAML file of settings: a mapping of their YAML keys (`auth_mode: jwt`). Options "
-    "and environment variables beat it; an unknown key is refused.",
+    "A YAML file of settings: a mapping of the YAML keys of this table. Options and "
+    "environment variables beat it; an unknown key is refused.",
     yaml=None, metavar="FILE")
 
 
@@ -524,7 +524,7 @@ SERVER_SETTINGS = (
     Setting("listen", None, check_endpoint, None,
             "Where to listen: any Twisted endpoint string (`tcp:8080:interface=127.0.0.1`, "
             "`ssl:8443:privateKey=key.pem:certKey=cert.pem`).",
-            repeat=True, shown_default="`tcp:PORT`, PORT the API port", metavar="ENDPOINT"),
+            repeat=True, shown_default="`tcp:8080` (`tcp:` and the API port)", metavar="ENDPOINT"),
     Setting("api-port", "A8_API_PORT", parse_port, DEFAULT_PORT,
             "The port to listen on (every interface) when no `--listen` is given.",
             option=False, unless="listen"),
@@ -574,9 +574,17 @@ def _cell(text):
     return text.replace("|", "\\|")
 
 
+_LAYERS = ("An option beats its `A8_*` environment variable, which beats the YAML file named "
+           "by `--config` or `A8_CONFIG` (a mapping of the YAML keys below, such as "
+           "`{}: ...`), which beats the default. A bad value stops the start with one line "
+           "naming it and where it came from, and exit status 2.")
+
+
 def markdown(table):
-    """The Markdown table of the settings in C{table}."""
-    lines = ["| option | environment | YAML key | default | meaning |",
+    """The Markdown of the settings in C{table}: how the sources layer, and the table."""
+    example = next(k for s in table for k in s.yaml_keys() if "." not in k)
+    lines = [_LAYERS.format(example), "",
+             "| option | environment | YAML key | default | meaning |",
              "|---|---|---|---|---|"]
     for s in table:
         option = ""
