@@ -191,7 +191,8 @@ class Setting:
     @ivar structured: YAML lists and mappings are handed to C{parse} as they are.
     @ivar repeat: the option may be repeated (and the YAML value may be a list); the value
         is a list.
-    @ivar unless: the name of another setting; when that one is given, this one is not read.
+    @ivar unless: the name of another setting; when that one is given, this one is not read
+        (its value is L{None}).
     @ivar shown_default: the default as the docs and C{--help} say it, when the text alone
         would mislead.
     @ivar metavar: the option's value as the docs and C{--help} name it.
@@ -392,9 +393,10 @@ def load(table, flags=None, environ=None):
     by_name = {setting.name: setting for setting in table}
     values, sources = {}, {}
     for setting in table:
-        found = raw(setting)
         if setting.unless and raw(by_name[setting.unless]) is not None:
-            found = None
+            values[setting.name], sources[setting.name] = None, "default"
+            continue
+        found = raw(setting)
         value = None
         if found is not None:
             given, source = found
