@@ -433,6 +433,7 @@ class SettingsOptions(usage.Options):
 
     settings = ()
     program = "amalgam8"
+    synopsis = "[options]"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

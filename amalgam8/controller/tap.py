@@ -13,18 +13,9 @@ from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
 from amalgam8.logs import configure as configure_logs
-from amalgam8.settings import (
-    SERVER_SETTINGS,
-    ServerService,
-    Setting,
-    SettingError,
-    SettingsOptions,
-    add_listeners,
-    check_server,
-    parse_duration_setting,
-    parse_positive_int,
-    parse_text,
-)
+from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
+from amalgam8.settings import SettingsOptions, add_listeners, check_server
+from amalgam8.settings import parse_duration_setting, parse_positive_int, parse_text
 from amalgam8.web import A8Site, Metrics
 
 __all__ = ["SETTINGS", "Options", "makeService"]
@@ -61,7 +52,6 @@ class Options(SettingsOptions):
     """Options of C{a8controller}: L{SETTINGS}."""
 
     program = "a8controller"
-    synopsis = "[options]"
     settings = SETTINGS
 
     def check(self):

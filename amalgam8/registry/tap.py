@@ -10,17 +10,9 @@ from amalgam8.auth import Authenticator
 from amalgam8.logs import configure as configure_logs
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
-from amalgam8.settings import (
-    SERVER_SETTINGS,
-    ServerService,
-    Setting,
-    SettingError,
-    SettingsOptions,
-    add_listeners,
-    check_server,
-    parse_duration_setting,
-    parse_text,
-)
+from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
+from amalgam8.settings import SettingsOptions, add_listeners, check_server
+from amalgam8.settings import parse_duration_setting, parse_text
 from amalgam8.web import A8Site, Metrics
 
 __all__ = ["SETTINGS", "Options", "makeService"]
@@ -90,7 +82,6 @@ class Options(SettingsOptions):
     """Options of C{a8registry}: L{SETTINGS}."""
 
     program = "a8registry"
-    synopsis = "[options]"
     settings = SETTINGS
 
     def check(self):
