@@ -1,14 +1,28 @@
 # -*- test-case-name: tests.test_settings -*-
 """
-Server settings as SPEC Part C has them: each one an option and an environment variable
-(the option wins), parsed and checked at start. A bad value stops the program with one line
-naming it and exit status 2.
+One settings engine for every amalgam8 program (SPEC Part C, A5, A7).
+
+Each program declares its settings once, as a table of L{Setting}s: the option, the
+C{A8_*} environment variable, the YAML key, the parser, the default and the help. L{load}
+layers the sources, command line > environment > the YAML file named by C{--config} or
+C{A8_CONFIG} > defaults, and records where each value came from. A bad value raises one
+L{SettingError} whose one-line message names the setting and its source
+(C{A8_REGISTRY_POLL (environment): expected a duration ...}); the front-ends print it and
+exit with status 2.
+
+The front-ends: L{SettingsOptions} (C{twisted.python.usage}, for the twistd plugins) and
+L{add_arguments}/L{given_arguments} (C{argparse}, for a8ctl). C{--help} and the settings
+tables of docs/*.md come from the same tables: C{python -m amalgam8.settings --write}
+rewrites the tables between their marker comments, C{--markdown PROGRAM} prints one.
 """
 
+import importlib
 import os
 import sys
+from urllib.parse import urlsplit
 
 import attrs
+import yaml
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
@@ -19,22 +33,44 @@ from amalgam8.durations import parse_duration
 
 __all__ = [
     "Setting",
+    "SettingError",
+    "Loaded",
+    "load",
     "SettingsOptions",
+    "add_arguments",
+    "given_arguments",
+    "CONFIG",
+    "SERVER_SETTINGS",
+    "check_server",
+    "parse_text",
     "parse_bool",
     "parse_port",
+    "port_parser",
     "parse_duration_setting",
+    "parse_positive_duration",
     "parse_positive_int",
+    "parse_url",
+    "choice",
     "check_endpoint",
+    "markdown",
     "ServerService",
     "add_listeners",
 ]
+
+
+# -- parsers: text (or a YAML value) -> value; ValueError with a message --------------------
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def parse_text(text):
+    """Any text, as given."""
+    return text
+
+
 def parse_bool(text):
-    value = text.strip().lower()
+    value = str(text).strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -42,22 +78,37 @@ def parse_bool(text):
     raise ValueError("expected true or false, not {!r}".format(text))
 
 
-def parse_port(text):
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError("expected a port number, not {!r}".format(text))
-    if not 0 <= port <= 65535:
-        raise ValueError("port {} is out of range 0-65535".format(port))
-    return port
+def port_parser(lowest):
+    """A parser of port numbers from C{lowest} (0 or 1) to 65535."""
+
+    def parse(text):
+        try:
+            port = int(str(text).strip())
+        except ValueError:
+            raise ValueError("expected a port number, not {!r}".format(text))
+        if not lowest <= port <= 65535:
+            raise ValueError("port {} is out of range {}-65535".format(port, lowest))
+        return port
+
+    return parse
+
+
+parse_port = port_parser(0)
 
 
 def parse_duration_setting(text):
     try:
-        seconds = parse_duration(text)
+        seconds = parse_duration(text.strip() if isinstance(text, str) else text)
     except ValueError:
         raise ValueError("expected a duration such as 30, 0.5, 30s or 1m30s, not {!r}"
                          .format(text))
+    return seconds
+
+
+def parse_positive_duration(text):
+    seconds = parse_duration_setting(text)
+    if seconds <= 0:
+        raise ValueError("must be above 0")
     return seconds
 
 
@@ -69,6 +120,36 @@ def parse_positive_int(text):
     if value < 1:
         raise ValueError("expected a whole number above 0, not {}".format(value))
     return value
+
+
+def parse_url(text):
+    """An http(s) URL without its trailing slash; blank is no URL (L{None})."""
+    value = str(text).strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("{!r} is not an http(s) URL".format(text))
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("{!r} has a bad port".format(text))
+    return value.rstrip("/")
+
+
+def choice(what, choices, aliases=None):
+    """A parser of one of C{choices} (any case), C{aliases} mapping other names to them."""
+    aliases = aliases or {}
+
+    def parse(text):
+        value = str(text).strip().lower()
+        value = aliases.get(value, value)
+        if value not in choices:
+            raise ValueError("{} must be one of {}, not {!r}".format(
+                what, ", ".join(choices), text))
+        return value
+
+    return parse
 
 
 class _ParseOnly:
@@ -89,122 +170,473 @@ def check_endpoint(description):
     return description
 
 
+# -- declarations ---------------------------------------------------------------------------
+
+
 @attrs.frozen
 class Setting:
     """
-    @ivar option: the long option name (C{"auth-mode"}); the key in the options dict.
+    One setting of a program, declared once.
+
+    @ivar name: the option (C{--auth-mode}) without its dashes; the key of the loaded value.
     @ivar env: the environment variable, or L{None}.
-    @ivar parse: text -> value; raises L{ValueError} with a message.
-    @ivar default: the value when neither is given (not parsed).
+    @ivar parse: text (or a YAML value) -> value; raises L{ValueError} with a message. A
+        value that parses to L{None} counts as not given: the default applies.
+    @ivar default: the default as text (parsed like any other source), or L{None}.
+    @ivar help: what it means (Markdown: the docs show it as it is, C{--help} without the
+        backquotes).
+    @ivar option: whether it is a command-line option.
+    @ivar yaml: the YAML keys besides C{name} with underscores (C{"registry.url"} is the key
+        C{url} of the mapping C{registry}); L{None} keeps it out of the file.
+    @ivar structured: YAML lists and mappings are handed to C{parse} as they are.
+    @ivar repeat: the option may be repeated (and the YAML value may be a list); the value
+        is a list.
+    @ivar unless: the name of another setting; when that one is given, this one is not read
+        (its value is L{None}).
+    @ivar shown_default: the default as the docs and C{--help} say it, when the text alone
+        would mislead.
+    @ivar metavar: the option's value as the docs and C{--help} name it.
     """
 
-    option: str
-    env: str
+    name: str
+    env: object
     parse: object
     default: object
     help: str
+    option: bool = True
+    yaml: object = ()
+    structured: bool = False
+    repeat: bool = False
+    unless: object = None
+    shown_default: object = None
+    metavar: object = None
+
+    @property
+    def key(self):
+        """The YAML key (and the keyword) of the setting: C{auth_mode}."""
+        return self.name.replace("-", "_")
+
+    def yaml_keys(self):
+        if self.yaml is None:
+            return ()
+        return (self.key,) + tuple(self.yaml)
+
+    def describe_default(self):
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "none"
+        return "`{}`".format(self.default)
+
+    def usage_help(self):
+        """The one-paragraph help of C{--help}."""
+        text = self.help.replace("`", "")
+        where = ["env " + self.env] if self.env else []
+        where.append("default " + self.describe_default().replace("`", ""))
+        return "{} [{}]".format(text, "; ".join(where))
+
+
+CONFIG = Setting(
+    "config", "A8_CONFIG", parse_text, None,
+    "A YAML file of settings: a mapping of the YAML keys of this table. Options and "
+    "environment variables beat it; an unknown key is refused.",
+    yaml=None, metavar="FILE")
+
+
+class SettingError(ValueError):
+    """
+    A bad setting. The message is one line naming the setting and where it came from.
+    """
+
+    def __init__(self, message, setting=None, source=None):
+        ValueError.__init__(self, " ".join(str(message).splitlines()))
+        self.setting = setting
+        self.source = source
+
+
+@attrs.frozen
+class Loaded:
+    """
+    The values of a program's settings.
+
+    @ivar values: name -> value (L{None} where none was given and there is no default).
+    @ivar sources: name -> where the value came from (C{"--min-ttl"},
+        C{"A8_MIN_TTL (environment)"}, C{"min_ttl in a8.yaml"} or C{"default"}).
+    """
+
+    values: dict
+    sources: dict
+
+    def __getitem__(self, name):
+        return self.values[name]
+
+    def given(self, name):
+        return self.sources.get(name, "default") != "default"
+
+    def origins(self, *names):
+        """
+        For a cross-setting error: C{" (from A8_MIN_TTL (environment))"} naming where those
+        of C{names} that came from the environment or the file came from, else C{""}.
+        """
+        found = [self.sources[name] for name in names
+                 if not self.sources.get(name, "default").startswith(("--", "default"))]
+        return " (from {})".format(", ".join(found)) if found else ""
+
+
+def _read_yaml(path, source):
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise SettingError("{}: cannot read {}: {}".format(source, path, e.strerror),
+                           "config", source)
+    except yaml.YAMLError as e:
+        raise SettingError("{}: {} is not valid YAML ({})".format(
+            source, path, str(e).splitlines()[0]), "config", source)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingError("{}: the configuration must be a mapping".format(path),
+                           "config", source)
+    return data
+
+
+def _file_values(table, data, path):
+    """The YAML file's mapping -> {setting name: (value, key)}; unknown keys refused."""
+    by_key = {}
+    for setting in table:
+        for key in setting.yaml_keys():
+            by_key[key] = setting
+    sections = {key.partition(".")[0] for key in by_key if "." in key}
+    found = {}
+    for key, value in data.items():
+        key = str(key)
+        if key in by_key:
+            found[by_key[key].name] = (value, key)
+        elif key in sections and isinstance(value, dict):
+            for sub, subvalue in value.items():
+                full = "{}.{}".format(key, sub)
+                if full not in by_key:
+                    raise SettingError("{}: unknown key {}".format(path, full))
+                found[by_key[full].name] = (subvalue, full)
+        else:
+            raise SettingError("{}: unknown key {}".format(path, key))
+    return found
+
+
+@attrs.frozen
+class _InFile:
+    """A value read from the YAML file."""
+
+    value: object
+
+
+def _from_file(setting, value):
+    """A YAML value as the parser takes it: scalars as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, dict)):
+        if setting.structured:
+            return value
+        if setting.repeat and isinstance(value, list):
+            return [_from_file(setting, v) for v in value]
+        raise ValueError("expected a single value, not a {}".format(
+            "list" if isinstance(value, list) else "mapping"))
+    return value
+
+
+def _parse(setting, given):
+    if setting.repeat and isinstance(given, (list, tuple)):
+        return [setting.parse(item) for item in given]
+    if setting.repeat:
+        return [setting.parse(given)]
+    return setting.parse(given)
+
+
+def load(table, flags=None, environ=None):
+    """
+    The values of C{table}'s settings: a command-line value beats the environment, which
+    beats the YAML file named by C{config} (option or C{A8_CONFIG}), which beats the
+    default.
+
+    @param flags: name -> the text given on the command line (L{None}, or absent, when not
+        given; a list for a repeatable option).
+    @param environ: the environment (default C{os.environ}).
+    @rtype: L{Loaded}
+    @raise SettingError: for the first bad value, naming it and its source.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != []}
+    environ = os.environ if environ is None else environ
+    names = {setting.name for setting in table}
+    from_file, path = {}, None
+    if "config" in names:
+        path, source = flags.get("config"), "--config"
+        if path is None and CONFIG.env in environ:
+            path, source = environ[CONFIG.env], CONFIG.env + " (environment)"
+        if path:
+            from_file = _file_values(table, _read_yaml(path, source), path)
+
+    def raw(setting):
+        """(text, source) of the first source that gives C{setting}, else L{None}."""
+        if setting.option and setting.name in flags:
+            return flags[setting.name], "--" + setting.name
+        if setting.env and setting.env in environ:
+            return environ[setting.env], setting.env + " (environment)"
+        if setting.name in from_file:
+            value, key = from_file[setting.name]
+            if value is not None:
+                return _InFile(value), "{} in {}".format(key, path)
+        return None
+
+    by_name = {setting.name: setting for setting in table}
+    values, sources = {}, {}
+    for setting in table:
+        if setting.unless and raw(by_name[setting.unless]) is not None:
+            values[setting.name], sources[setting.name] = None, "default"
+            continue
+        found = raw(setting)
+        value = None
+        if found is not None:
+            given, source = found
+            try:
+                if isinstance(given, _InFile):
+                    given = _from_file(setting, given.value)
+                value = _parse(setting, given)
+            except ValueError as e:
+                raise SettingError("{}: {}".format(source, e), setting.name, source)
+            sources[setting.name] = source
+        if value is None and setting.default is not None:
+            value = _parse(setting, setting.default)
+        values[setting.name] = value
+        sources.setdefault(setting.name, "default")
+    return Loaded(values, sources)
+
+
+# -- the twistd front-end -------------------------------------------------------------------
+
+
+def _one_line(text):
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class SettingsOptions(usage.Options):
     """
-    C{usage.Options} driven by a list of L{Setting}s, plus a repeatable C{--listen}.
-    Subclasses set C{settings}, C{program} and C{default_port}.
+    C{usage.Options} of a table of L{Setting}s: one option per setting (a repeatable one
+    through an C{opt_} method), C{--help} from the table, and every error one line and
+    exit status 2 (twistd's own handling would print the whole usage text and exit 1).
+    Subclasses set C{settings} and C{program}, and may add cross-checks in L{check}.
+    After parsing, C{self[name]} is each setting's value and C{self.loaded} the
+    L{Loaded}.
     """
 
     settings = ()
     program = "amalgam8"
-    default_port = 8080
-    port_env = "A8_API_PORT"
+    synopsis = "[options]"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.optParameters = [[s.option, None, None, s.help] for s in cls.settings]
+        cls.optParameters = [[s.name, None, None, s.usage_help()]
+                             for s in cls.settings if s.option and not s.repeat]
+        for setting in cls.settings:
+            if setting.option and setting.repeat:
+                setattr(cls, "opt_" + setting.key, _repeated(setting))
 
     def __init__(self, environ=None):
         usage.Options.__init__(self)
-        self["listen"] = []
         self.environ = os.environ if environ is None else environ
-
-    def opt_listen(self, description):
-        """A Twisted endpoint to serve on, such as tcp:8080:interface=127.0.0.1 or
-        ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable)."""
-        self["listen"].append(description)
+        self.repeated = {}
 
     def parseOptions(self, options=None):
-        """
-        Parse, and on a bad value print one line naming it and exit with status 2 (twistd's
-        own handling would print the whole usage text and exit with 1).
-        """
         try:
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
-            # One line, whatever a value (a path, say) holds.
-            text = str(e).replace("\r", "\\r").replace("\n", "\\n")
-            sys.stderr.write("{}: {}\n".format(self.program, text))
+            sys.stderr.write("{}: {}\n".format(self.program, _one_line(e)))
             sys.stderr.flush()
             raise SystemExit(2)
 
-    def postOptions(self):
+    def given_flags(self):
+        flags = dict(self.repeated)
         for setting in self.settings:
-            key = setting.option
-            given = self[key]
-            source = "--" + key
-            if given is None and setting.env and setting.env in self.environ:
-                given = self.environ[setting.env]
-                source = setting.env
-            if given is None:
-                self[key] = setting.default
-                continue
-            try:
-                self[key] = setting.parse(given)
-            except ValueError as e:
-                raise usage.UsageError("{}: {}".format(source, e))
-        port_text = self.environ.get(self.port_env)
-        if not self["listen"]:
-            port = self.default_port
-            if port_text is not None:
-                try:
-                    port = parse_port(port_text)
-                except ValueError as e:
-                    raise usage.UsageError("{}: {}".format(self.port_env, e))
-            self["listen"] = ["tcp:{}".format(port)]
-        for description in self["listen"]:
-            try:
-                check_endpoint(description)
-            except ValueError as e:
-                raise usage.UsageError("--listen: {}".format(e))
-        self.check()
+            if setting.option and not setting.repeat:
+                flags[setting.name] = self[setting.name]
+        return flags
+
+    def postOptions(self):
+        try:
+            self.loaded = load(self.settings, self.given_flags(), self.environ)
+            self.update(self.loaded.values)
+            self.check()
+        except SettingError as e:
+            raise usage.UsageError(str(e))
 
     def check(self):
-        """Cross-setting checks of a subclass; raise L{usage.UsageError}."""
+        """Cross-setting checks of a subclass; raise L{SettingError}."""
 
 
-def _text(text):
-    return text
+def _repeated(setting):
+    def opt(self, value):
+        self.repeated.setdefault(setting.name, []).append(value)
+
+    opt.__doc__ = setting.usage_help() + " (repeatable)"
+    return opt
 
 
-def common_settings():
-    """The settings every amalgam8 server takes (SPEC Part C)."""
+# -- the argparse front-end (a8ctl) ---------------------------------------------------------
+
+
+def add_arguments(group, table):
+    """
+    Add C{table}'s options to an C{argparse} parser or group. They default to C{SUPPRESS}
+    (absent unless given), so L{given_arguments} sees only what the command line gave.
+    """
+    import argparse
+
+    for setting in table:
+        if setting.option:
+            group.add_argument("--" + setting.name, dest=setting.key, metavar=setting.metavar,
+                               default=argparse.SUPPRESS, help=setting.usage_help()
+                               .replace("%", "%%"))
+
+
+def given_arguments(namespace, table):
+    """The flags of L{load} from an C{argparse} namespace."""
+    return {s.name: getattr(namespace, s.key, None) for s in table if s.option}
+
+
+# -- the settings every server takes (SPEC Part C) ------------------------------------------
+
+DEFAULT_PORT = "8080"
+
+
+def _auth_modes(text):
     from amalgam8.auth import parse_modes
+
+    return parse_modes(text)
+
+
+def _level(text):
     from amalgam8.logs import parse_level
 
-    return (
-        Setting("auth-mode", "A8_AUTH_MODE", parse_modes, ("default",),
-                "Auth modes, chained in order: default, trusted, jwt [default: default]."),
-        Setting("jwt-secret", "A8_JWT_SECRET", _text, None, "HS256 secret for jwt mode."),
-        Setting("require-https", "A8_REQUIRE_HTTPS", parse_bool, False,
-                "Redirect plain HTTP to HTTPS [default: false]."),
-        Setting("log-level", "A8_LOG_LEVEL", parse_level, parse_level("info"),
-                "debug, info, warn or error [default: info]."),
-        Setting("metrics-token", "A8_METRICS_TOKEN", _text, None,
-                "Bearer token that GET /metrics requires [default: none required]."),
-    )
+    return parse_level(text)
 
 
-def check_common(options):
-    """Cross-checks of the common settings."""
+SERVER_SETTINGS = (
+    CONFIG,
+    Setting("listen", None, check_endpoint, None,
+            "Where to listen: any Twisted endpoint string (`tcp:8080:interface=127.0.0.1`, "
+            "`ssl:8443:privateKey=key.pem:certKey=cert.pem`).",
+            repeat=True, shown_default="`tcp:8080` (`tcp:` and the API port)", metavar="ENDPOINT"),
+    Setting("api-port", "A8_API_PORT", parse_port, DEFAULT_PORT,
+            "The port to listen on (every interface) when no `--listen` is given.",
+            option=False, unless="listen"),
+    Setting("auth-mode", "A8_AUTH_MODE", _auth_modes, "default",
+            "How a bearer token maps to a namespace: `default`, `trusted`, `jwt`, or a "
+            "comma-separated chain such as `jwt,trusted`."),
+    Setting("jwt-secret", "A8_JWT_SECRET", parse_text, None,
+            "The HS256 secret for the `jwt` mode (required when `jwt` is in the chain)."),
+    Setting("require-https", "A8_REQUIRE_HTTPS", parse_bool, "false",
+            "Redirect every plain-HTTP request with 301 to the same URL over https. "
+            "`X-Forwarded-Proto: https` (from a TLS-terminating proxy) counts as HTTPS."),
+    Setting("log-level", "A8_LOG_LEVEL", _level, "info",
+            "`debug`, `info`, `warn` or `error`. Checked at start (a bad value stops it); "
+            "the JSON log observer drops events below the level it reads from "
+            "`A8_LOG_LEVEL`. In this version the `--log-level` option does not reach the "
+            "observer: set the environment variable."),
+    Setting("metrics-token", "A8_METRICS_TOKEN", parse_text, None,
+            "When set, `GET /metrics` needs `Authorization: Bearer <this token>`."),
+)
+
+
+def check_server(options):
+    """Cross-checks of the server settings; the default listener."""
     if "jwt" in options["auth-mode"] and not options["jwt-secret"]:
-        raise usage.UsageError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET)")
+        raise SettingError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET){}".format(
+            options.loaded.origins("auth-mode")))
+    if not options["listen"]:
+        options["listen"] = ["tcp:{}".format(options["api-port"])]
+
+
+# -- the docs -------------------------------------------------------------------------------
+
+# program -> (module holding its SETTINGS, the doc that shows them)
+PROGRAMS = {
+    "registry": ("amalgam8.registry.tap", "docs/registry.md"),
+    "controller": ("amalgam8.controller.tap", "docs/controller.md"),
+    "sidecar": ("amalgam8.sidecar.config", "docs/sidecar.md"),
+    "a8ctl": ("amalgam8.cli.main", "docs/a8ctl.md"),
+}
+
+
+def table_of(program):
+    return importlib.import_module(PROGRAMS[program][0]).SETTINGS
+
+
+def _cell(text):
+    return text.replace("|", "\\|")
+
+
+_LAYERS = ("An option beats its `A8_*` environment variable, which beats the YAML file named "
+           "by `--config` or `A8_CONFIG` (a mapping of the YAML keys below, such as "
+           "`{}: ...`), which beats the default. A bad value stops the start with one line "
+           "naming it and where it came from, and exit status 2.")
+
+
+def markdown(table):
+    """The Markdown of the settings in C{table}: how the sources layer, and the table."""
+    example = next(k for s in table for k in s.yaml_keys() if "." not in k)
+    lines = [_LAYERS.format(example), "",
+             "| option | environment | YAML key | default | meaning |",
+             "|---|---|---|---|---|"]
+    for s in table:
+        option = ""
+        if s.option:
+            option = "`--{}{}`".format(s.name, " " + s.metavar if s.metavar else "")
+            if s.repeat:
+                option += " (repeatable)"
+        lines.append("| {} | {} | {} | {} | {} |".format(
+            option, "`{}`".format(s.env) if s.env else "",
+            ", ".join("`{}`".format(k) for k in s.yaml_keys()),
+            _cell(s.describe_default()), _cell(s.help)))
+    return "\n".join(lines) + "\n"
+
+
+def markers(program):
+    return ("<!-- settings table of {}: generated from its SETTINGS by "
+            "`python -m amalgam8.settings --write`; do not edit -->".format(program),
+            "<!-- end of the settings table of {} -->".format(program))
+
+
+def rewrite(text, program):
+    """C{text} (a doc) with its settings table of C{program} regenerated."""
+    begin, end = markers(program)
+    head, found, rest = text.partition(begin + "\n")
+    _, found_end, tail = rest.partition(end)
+    if not found or not found_end:
+        raise ValueError("no settings table markers for {}".format(program))
+    return head + begin + "\n" + markdown(table_of(program)) + end + tail
+
+
+def main(argv, root="."):
+    """C{python -m amalgam8.settings --markdown PROGRAM | --write}."""
+    if len(argv) == 2 and argv[0] == "--markdown" and argv[1] in PROGRAMS:
+        sys.stdout.write(markdown(table_of(argv[1])))
+        return 0
+    if argv == ["--write"]:
+        for program, (_, doc) in PROGRAMS.items():
+            path = os.path.join(root, doc)
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(rewrite(text, program))
+        return 0
+    sys.stderr.write("usage: python -m amalgam8.settings --markdown {} | --write\n"
+                     .format("|".join(PROGRAMS)))
+    return 2
+
+
+# -- the servers' service tree --------------------------------------------------------------
 
 
 class ServerService(MultiService):
@@ -257,3 +689,7 @@ def _announce(listener, description, log, program):
             waiting.addCallback(report)
 
     listener.privilegedStartService = started
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

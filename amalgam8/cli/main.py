@@ -28,12 +28,31 @@ from amalgam8.cli.commands import (
 )
 from amalgam8.cli.output import FORMATS, render
 from amalgam8.durations import parse_duration
+from amalgam8.settings import CONFIG, Setting, SettingError, add_arguments, given_arguments
+from amalgam8.settings import load as load_settings
+from amalgam8.settings import parse_url
 
-__all__ = ["dispatch", "main", "entry"]
+__all__ = ["SETTINGS", "dispatch", "main", "entry"]
 
-DEFAULT_CONTROLLER_URL = "http://localhost:8081"
-DEFAULT_REGISTRY_URL = "http://localhost:8080"
 DEFAULT_WAIT_TIMEOUT = 30.0
+
+
+def _token(text):
+    return text or None
+
+
+# a8ctl's settings (SPEC A7): global options, which may go before the command or after it.
+SETTINGS = (
+    CONFIG,
+    Setting("a8-controller-url", "A8_CONTROLLER_URL", parse_url, "http://localhost:8081",
+            "The controller.", yaml=("controller_url",), metavar="URL"),
+    Setting("a8-registry-url", "A8_REGISTRY_URL", parse_url, "http://localhost:8080",
+            "The registry.", yaml=("registry_url",), metavar="URL"),
+    Setting("a8-controller-token", "A8_CONTROLLER_TOKEN", _token, None,
+            "Bearer token for the controller.", yaml=("controller_token",), metavar="TOKEN"),
+    Setting("a8-registry-token", "A8_REGISTRY_TOKEN", _token, None,
+            "Bearer token for the registry.", yaml=("registry_token",), metavar="TOKEN"),
+)
 
 
 class UsageError(Exception):
@@ -76,28 +95,19 @@ def _duration(text):
                                          .format(text))
 
 
-def _add_globals(parser, environ, suppress):
+def _add_globals(parser, suppress):
     """
-    The global options. On each command's parser they default to SUPPRESS, so that one
-    given before the command is not overridden by its absence after it.
+    The global options: L{SETTINGS} (absent unless given: L{dispatch} layers them over the
+    environment, the file and the defaults) and how to answer. On each command's parser
+    they default to SUPPRESS, so that one given before the command is not overridden by
+    its absence after it.
     """
 
     def default(value):
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("global options")
-    group.add_argument("--a8-controller-url", metavar="URL", default=default(
-        environ.get("A8_CONTROLLER_URL") or DEFAULT_CONTROLLER_URL),
-        help="the controller (env A8_CONTROLLER_URL; default %s)" % DEFAULT_CONTROLLER_URL)
-    group.add_argument("--a8-registry-url", metavar="URL", default=default(
-        environ.get("A8_REGISTRY_URL") or DEFAULT_REGISTRY_URL),
-        help="the registry (env A8_REGISTRY_URL; default %s)" % DEFAULT_REGISTRY_URL)
-    group.add_argument("--a8-controller-token", metavar="TOKEN", default=default(
-        environ.get("A8_CONTROLLER_TOKEN") or None),
-        help="bearer token for the controller (env A8_CONTROLLER_TOKEN)")
-    group.add_argument("--a8-registry-token", metavar="TOKEN", default=default(
-        environ.get("A8_REGISTRY_TOKEN") or None),
-        help="bearer token for the registry (env A8_REGISTRY_TOKEN)")
+    add_arguments(group, SETTINGS)
     group.add_argument("--json", action="store_const", const="json", dest="output",
                        default=default("table"), help="print JSON (same as -o json)")
     group.add_argument("-o", "--output", choices=FORMATS, default=default("table"),
@@ -118,21 +128,21 @@ def _add_wait(parser, suppress):
                        help="give up waiting after this long (default 30s); exit 1")
 
 
-def build_parser(environ, stdout):
+def build_parser(stdout):
     """The C{a8ctl} argument parser."""
     parser = _Parser(prog="a8ctl", out=stdout,
                      description="Amalgam8 command line: services, routes, fault "
                                  "injection and rules.")
     parser.add_argument("--version", action="version",
                         version="a8ctl (amalgam8) {}".format(__version__))
-    _add_globals(parser, environ, suppress=False)
+    _add_globals(parser, suppress=False)
     _add_wait(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
                                      parser_class=_Parser)
 
     def command(name, help, changes=False):
         sub = commands.add_parser(name, help=help, description=help, out=stdout)
-        _add_globals(sub, environ, suppress=True)
+        _add_globals(sub, suppress=True)
         if changes:
             _add_wait(sub, suppress=True)
         return sub
@@ -250,10 +260,10 @@ async def dispatch(reactor, argv, stdout, stderr, client, environ=None, stdin=No
         C{StubTreq}).
     @param environ: the environment (C{A8_*_URL}, C{A8_*_TOKEN}); default C{os.environ}.
     @param stdin: the text stream C{-f -} reads.
-    @return: the exit status: 0, or 1 after an error.
+    @return: the exit status: 0; 1 after an error; 2 after a bad setting.
     """
     environ = os.environ if environ is None else environ
-    parser = build_parser(environ, stdout)
+    parser = build_parser(stdout)
     try:
         options = parser.parse_args(list(argv))
     except _Exit as e:
@@ -261,6 +271,13 @@ async def dispatch(reactor, argv, stdout, stderr, client, environ=None, stdin=No
     except UsageError as e:
         stderr.write("{} (see a8ctl --help)\n".format(_one_line(e)))
         return 1
+    try:
+        loaded = load_settings(SETTINGS, given_arguments(options, SETTINGS), environ)
+    except SettingError as e:
+        stderr.write("a8ctl: {}\n".format(e))
+        return 2
+    for setting in SETTINGS:
+        setattr(options, setting.key, loaded[setting.name])
     if options.command is None:
         stderr.write("a8ctl: give a command (see a8ctl --help)\n")
         return 1

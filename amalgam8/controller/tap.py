@@ -5,7 +5,6 @@ C{twistd -n a8controller}: options, environment and the service tree of the cont
 
 
 from twisted.logger import Logger
-from twisted.python import usage
 
 from amalgam8.auth import Authenticator
 from amalgam8.controller.api import ControllerAPI
@@ -14,19 +13,12 @@ from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
 from amalgam8.logs import configure as configure_logs
-from amalgam8.settings import (
-    ServerService,
-    Setting,
-    SettingsOptions,
-    add_listeners,
-    check_common,
-    common_settings,
-    parse_duration_setting,
-    parse_positive_int,
-)
+from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
+from amalgam8.settings import SettingsOptions, add_listeners, check_server
+from amalgam8.settings import parse_duration_setting, parse_positive_int, parse_text
 from amalgam8.web import A8Site, Metrics
 
-__all__ = ["Options", "makeService"]
+__all__ = ["SETTINGS", "Options", "makeService"]
 
 
 def _database(text):
@@ -41,41 +33,42 @@ def _database(text):
     raise ValueError("unknown database type {!r} (expected memory or file)".format(text))
 
 
-def _text(text):
-    return text
+# The controller's settings (SPEC Part C): the servers' common ones, then its own.
+SETTINGS = SERVER_SETTINGS + (
+    Setting("database-type", "A8_DATABASE_TYPE", _database, "memory",
+            "Where rules are kept: `memory` or `file`."),
+    Setting("database-host", "A8_DATABASE_HOST", parse_text, None,
+            "For the `file` database: the path of the rule file."),
+    Setting("database-password", "A8_DATABASE_PASSWORD", parse_text, None,
+            "Password of the database (redis). Accepted but unused in this version."),
+    Setting("trace-capacity", "A8_TRACE_CAPACITY", parse_positive_int, "100000",
+            "Trace records kept per namespace (the oldest are dropped)."),
+    Setting("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", parse_duration_setting,
+            "30s", "Report interval assumed for proxies that name none."),
+)
 
 
 class Options(SettingsOptions):
-    """Options of C{a8controller}; each one also an C{A8_*} environment variable."""
+    """Options of C{a8controller}: L{SETTINGS}."""
 
     program = "a8controller"
-    synopsis = "[options]"
-    settings = common_settings() + (
-        Setting("database-type", "A8_DATABASE_TYPE", _database, "memory",
-                "Where rules are kept: memory or file [default: memory]."),
-        Setting("database-host", "A8_DATABASE_HOST", _text, None,
-                "For the file database: the path of the rule file."),
-        Setting("database-password", "A8_DATABASE_PASSWORD", _text, None,
-                "Password of the database (redis)."),
-        Setting("trace-capacity", "A8_TRACE_CAPACITY", parse_positive_int, 100_000,
-                "Trace records kept per namespace [default: 100000]."),
-        Setting("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", parse_duration_setting,
-                30.0, "Report interval assumed for proxies that name none [default: 30s]."),
-    )
+    settings = SETTINGS
 
     def check(self):
-        check_common(self)
+        check_server(self)
         if self["proxy-report-interval"] <= 0:
-            raise usage.UsageError("--proxy-report-interval must be above 0")
+            raise SettingError("--proxy-report-interval must be above 0{}".format(
+                self.loaded.origins("proxy-report-interval")))
         if self["database-type"] == "file":
             path = self["database-host"]
             if not path:
-                raise usage.UsageError(
-                    "--database-type file needs --database-host PATH (A8_DATABASE_HOST)")
+                raise SettingError(
+                    "--database-type file needs --database-host PATH (A8_DATABASE_HOST){}"
+                    .format(self.loaded.origins("database-type", "database-host")))
             try:
                 self["rule-store"] = FileStore(path)
             except StoreCorrupt as e:
-                raise usage.UsageError(str(e))
+                raise SettingError("{}{}".format(e, self.loaded.origins("database-host")))
         else:
             self["rule-store"] = MemoryStore()
 

@@ -5,23 +5,17 @@ C{twistd -n a8registry}: options, environment and the service tree of the regist
 
 
 from twisted.logger import Logger
-from twisted.python import usage
 
-from amalgam8.auth import Authenticator, parse_modes
-from amalgam8.logs import configure as configure_logs, parse_level
+from amalgam8.auth import Authenticator
+from amalgam8.logs import configure as configure_logs
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
-from amalgam8.settings import (
-    ServerService,
-    Setting,
-    SettingsOptions,
-    add_listeners,
-    parse_bool,
-    parse_duration_setting,
-)
+from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
+from amalgam8.settings import SettingsOptions, add_listeners, check_server
+from amalgam8.settings import parse_duration_setting, parse_text
 from amalgam8.web import A8Site, Metrics
 
-__all__ = ["Options", "makeService"]
+__all__ = ["SETTINGS", "Options", "makeService"]
 
 
 def _store_kind(text):
@@ -52,53 +46,56 @@ def _not_yet(name):
     return parse
 
 
-def _text(text):
-    return text
+_UNUSED = "Accepted but unused in this version."
+_NOT_YET = "Not available in this version: a non-empty value is refused at start."
+
+# The registry's settings (SPEC Part C): the servers' common ones, then its own.
+SETTINGS = SERVER_SETTINGS + (
+    Setting("default-ttl", "A8_DEFAULT_TTL", parse_duration_setting, "30s",
+            "The ttl of a registration that asks for none (or for 0)."),
+    Setting("min-ttl", "A8_MIN_TTL", parse_duration_setting, "10s",
+            "Smaller requested ttls are raised to this. Must be above 0."),
+    Setting("max-ttl", "A8_MAX_TTL", parse_duration_setting, "10m",
+            "Larger requested ttls are lowered to this. `min-ttl <= default-ttl <= max-ttl` "
+            "is checked at start."),
+    Setting("namespace-capacity", "A8_NAMESPACE_CAPACITY", _capacity, "-1",
+            "The most instances one namespace may hold; a registration beyond it gets 403. "
+            "`-1` (or `0`) means no limit.", shown_default="no limit"),
+    Setting("store", "A8_STORE", _store_kind, "inmem",
+            "Where instances are kept. Only `inmem` (alias `memory`) exists in this version; "
+            "`redis` is refused at start. The in-memory store starts empty at every start."),
+    Setting("store-address", "A8_STORE_ADDRESS", parse_text, None,
+            "Address of an external store. " + _UNUSED),
+    Setting("store-password", "A8_STORE_PASSWORD", parse_text, None,
+            "Password of an external store. " + _UNUSED),
+    Setting("k8s-url", "A8_K8S_URL", _not_yet("Kubernetes"), None,
+            "Kubernetes catalog. " + _NOT_YET),
+    Setting("k8s-token", "A8_K8S_TOKEN", parse_text, None, "Kubernetes API token. " + _UNUSED),
+    Setting("fs-catalog", "A8_FS_CATALOG", _not_yet("file system"), None,
+            "File-system catalog. " + _NOT_YET),
+    Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka"), None,
+            "Eureka catalog. " + _NOT_YET),
+)
 
 
 class Options(SettingsOptions):
-    """Options of C{a8registry}; each one also an C{A8_*} environment variable."""
+    """Options of C{a8registry}: L{SETTINGS}."""
 
     program = "a8registry"
-    synopsis = "[options]"
-    settings = (
-        Setting("auth-mode", "A8_AUTH_MODE", parse_modes, ("default",),
-                "Auth modes, chained in order: default, trusted, jwt [default: default]."),
-        Setting("jwt-secret", "A8_JWT_SECRET", _text, None, "HS256 secret for jwt mode."),
-        Setting("require-https", "A8_REQUIRE_HTTPS", parse_bool, False,
-                "Redirect plain HTTP to HTTPS [default: false]."),
-        Setting("default-ttl", "A8_DEFAULT_TTL", parse_duration_setting, 30.0,
-                "TTL when a registration asks for none [default: 30s]."),
-        Setting("min-ttl", "A8_MIN_TTL", parse_duration_setting, 10.0,
-                "Smallest TTL granted [default: 10s]."),
-        Setting("max-ttl", "A8_MAX_TTL", parse_duration_setting, 600.0,
-                "Largest TTL granted [default: 10m]."),
-        Setting("namespace-capacity", "A8_NAMESPACE_CAPACITY", _capacity, None,
-                "Most instances per namespace; -1 for no limit [default: -1]."),
-        Setting("store", "A8_STORE", _store_kind, "inmem", "Store: inmem [default: inmem]."),
-        Setting("store-address", "A8_STORE_ADDRESS", _text, None, "Address of the store."),
-        Setting("store-password", "A8_STORE_PASSWORD", _text, None, "Password of the store."),
-        Setting("k8s-url", "A8_K8S_URL", _not_yet("Kubernetes"), None, "Kubernetes API URL."),
-        Setting("k8s-token", "A8_K8S_TOKEN", _text, None, "Kubernetes API token."),
-        Setting("fs-catalog", "A8_FS_CATALOG", _not_yet("file system"), None,
-                "Directory of a file catalog."),
-        Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka"), None, "Eureka server URL."),
-        Setting("log-level", "A8_LOG_LEVEL", parse_level, parse_level("info"),
-                "debug, info, warn or error [default: info]."),
-        Setting("metrics-token", "A8_METRICS_TOKEN", _text, None,
-                "Bearer token that GET /metrics requires [default: none required]."),
-    )
+    settings = SETTINGS
 
     def check(self):
-        if "jwt" in self["auth-mode"] and not self["jwt-secret"]:
-            raise usage.UsageError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET)")
+        check_server(self)
         low, default, high = self["min-ttl"], self["default-ttl"], self["max-ttl"]
         if low <= 0:
-            raise usage.UsageError("--min-ttl must be above 0")
+            raise SettingError("--min-ttl must be above 0{}".format(
+                self.loaded.origins("min-ttl")))
         if not low <= default <= high:
-            raise usage.UsageError(
+            raise SettingError(
                 "TTLs must satisfy min-ttl <= default-ttl <= max-ttl "
-                "(got {:g} <= {:g} <= {:g})".format(low, default, high))
+                "(got {:g} <= {:g} <= {:g}){}".format(
+                    low, default, high,
+                    self.loaded.origins("min-ttl", "default-ttl", "max-ttl")))
 
 
 def makeService(options, reactor=None):

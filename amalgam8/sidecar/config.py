@@ -5,21 +5,30 @@ variables, which beat the YAML file named by C{A8_CONFIG} (or C{--config}), whic
 defaults. Every bad value stops the start with one line naming it.
 """
 
-import os
 import shlex
 import socket
-from urllib.parse import urlsplit
 
 import attrs
-import yaml
 
-from amalgam8.durations import parse_duration
+from amalgam8 import settings
+from amalgam8.registry.model import ENDPOINT_TYPES
+from amalgam8.settings import (
+    CONFIG,
+    Setting,
+    SettingError,
+    choice,
+    parse_bool,
+    parse_duration_setting,
+    parse_positive_duration,
+    parse_url,
+    port_parser,
+)
 
-__all__ = ["ConfigError", "SidecarConfig", "HealthCheck", "Command", "load", "parse_service"]
+__all__ = ["SETTINGS", "ConfigError", "SidecarConfig", "HealthCheck", "Command", "load",
+           "parse_service"]
 
-
-class ConfigError(ValueError):
-    """A bad setting; the message names it."""
+# A bad setting; the one-line message names it and where it came from.
+ConfigError = SettingError
 
 
 @attrs.frozen
@@ -70,191 +79,194 @@ class SidecarConfig:
     nginx: str = ""
 
 
-_KEYS = {
-    # name: (environment variable, parser)
-    "service": "A8_SERVICE",
-    "endpoint_host": "A8_ENDPOINT_HOST",
-    "endpoint_port": "A8_ENDPOINT_PORT",
-    "endpoint_type": "A8_ENDPOINT_TYPE",
-    "register": "A8_REGISTER",
-    "proxy": "A8_PROXY",
-    "registry_url": "A8_REGISTRY_URL",
-    "registry_token": "A8_REGISTRY_TOKEN",
-    "registry_poll": "A8_REGISTRY_POLL",
-    "controller_url": "A8_CONTROLLER_URL",
-    "controller_token": "A8_CONTROLLER_TOKEN",
-    "controller_poll": "A8_CONTROLLER_POLL",
-    "healthchecks": "A8_HEALTHCHECKS",
-    "log_level": "A8_LOG_LEVEL",
-    "proxy_port": "A8_PROXY_PORT",
-    "proxy_admin_port": "A8_PROXY_ADMIN_PORT",
-    "debug_port": "A8_DEBUG_PORT",
-    "stop_timeout": "A8_STOP_TIMEOUT",
-    "proxy_workers": "A8_PROXY_WORKERS",
-    "runtime_dir": "A8_RUNTIME_DIR",
-    "nginx": "A8_NGINX",
-}
-ENDPOINT_TYPES = ("tcp", "udp", "http", "https", "user")
 LEVELS = ("debug", "info", "warn", "warning", "error")
 
+_port = port_parser(1)
 
-def parse_service(text, where="A8_SERVICE"):
-    """C{name[:tag1,tag2]} -> C{(name, tags)}."""
-    name, _, tags = text.strip().partition(":")
+
+def parse_service(text):
+    """C{name[:tag1,tag2]}, or the YAML mapping C{{name, tags}} -> C{(name, tags)}."""
+    if isinstance(text, dict):
+        unknown = set(text) - {"name", "tags"}
+        if unknown:
+            raise ValueError("unknown key service.{}".format(sorted(unknown)[0]))
+        tags = text.get("tags") or []
+        if not isinstance(tags, list):
+            raise ValueError("service.tags must be a list")
+        text = "{}:{}".format(text.get("name", ""), ",".join(map(str, tags)))
+    name, _, tags = str(text).strip().partition(":")
     name = name.strip()
     if not name or "/" in name or len(name.encode()) > 64 or any(c.isspace() for c in name):
-        raise ConfigError("{}: {!r} is not a service name".format(where, text))
+        raise ValueError("{!r} is not a service name".format(text))
     tag_list = tuple(t.strip() for t in tags.split(",") if t.strip()) if tags else ()
     return name, tag_list
 
 
-def _bool(value, where):
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError("{}: expected true or false, not {!r}".format(where, value))
+def _stripped(text):
+    return str(text).strip()
 
 
-def _port(value, where, allow_zero=False):
+def _level(text):
+    level = str(text).strip().lower()
+    if level not in LEVELS:
+        raise ValueError("log level must be debug, info, warn or error")
+    return level
+
+
+def _workers(text):
     try:
-        port = int(str(value).strip())
+        workers = int(str(text))
     except ValueError:
-        raise ConfigError("{}: expected a port number, not {!r}".format(where, value))
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ConfigError("{}: port {} is out of range 1-65535".format(where, port))
-    return port
+        workers = 0
+    if not 1 <= workers <= 64:
+        raise ValueError("proxy workers must be 1-64")
+    return workers
 
 
-def _duration(value, where):
-    try:
-        seconds = parse_duration(value if not isinstance(value, str) else value.strip())
-    except ValueError:
-        raise ConfigError("{}: expected a duration such as 15s, not {!r}".format(where, value))
-    return seconds
-
-
-def _url(value, where):
-    text = str(value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("{}: {!r} is not an http(s) URL".format(where, value))
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError("{}: {!r} has a bad port".format(where, value))
-    return text.rstrip("/")
-
-
-def parse_healthcheck(item, where):
+def parse_healthcheck(item):
     """A health check from YAML (a dict) or from A8_HEALTHCHECKS (a URL-like string)."""
     if isinstance(item, str):
         text = item.strip()
         scheme, sep, rest = text.partition("://")
         if not sep:
-            raise ConfigError("{}: {!r} is not a health check (http://, https://, tcp:// or "
-                              "file://)".format(where, item))
+            raise ValueError("{!r} is not a health check (http://, https://, tcp:// or "
+                             "file://)".format(item))
         item = {"type": scheme.lower(), "value": text if scheme in ("http", "https") else rest}
     if not isinstance(item, dict):
-        raise ConfigError("{}: a health check must be a mapping".format(where))
+        raise ValueError("a health check must be a mapping")
     unknown = set(item) - {"type", "value", "interval", "timeout", "method", "code", "args"}
     if unknown:
-        raise ConfigError("{}: unknown health check key {}".format(where, sorted(unknown)[0]))
+        raise ValueError("unknown health check key {}".format(sorted(unknown)[0]))
     kind = str(item.get("type", "")).lower()
     value = item.get("value")
     if kind not in ("http", "https", "tcp", "file"):
-        raise ConfigError("{}: health check type must be http, https, tcp or file, not {!r}"
-                          .format(where, item.get("type")))
+        raise ValueError("health check type must be http, https, tcp or file, not {!r}"
+                         .format(item.get("type")))
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError("{}: health check needs a value".format(where))
+        raise ValueError("health check needs a value")
     if kind in ("http", "https"):
-        _url(value, where)
+        parse_url(value)
     elif kind == "tcp":
         host, _, port = value.rpartition(":")
         if not host:
-            raise ConfigError("{}: tcp health check needs host:port, not {!r}".format(
-                where, value))
-        _port(port, where)
+            raise ValueError("tcp health check needs host:port, not {!r}".format(value))
+        _port(port)
     args = item.get("args", ())
     if isinstance(args, str):
         args = tuple(shlex.split(args))
     elif isinstance(args, (list, tuple)) and all(isinstance(a, str) for a in args):
         args = tuple(args)
     else:
-        raise ConfigError("{}: health check args must be a list of strings".format(where))
+        raise ValueError("health check args must be a list of strings")
     code = item.get("code", 200)
     if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
-        raise ConfigError("{}: health check code must be an HTTP status".format(where))
+        raise ValueError("health check code must be an HTTP status")
     method = str(item.get("method", "GET")).upper()
     if not method.isalpha():
-        raise ConfigError("{}: bad health check method {!r}".format(where, method))
-    interval = _duration(item.get("interval", 30), where + " interval")
-    timeout = _duration(item.get("timeout", 5), where + " timeout")
+        raise ValueError("bad health check method {!r}".format(method))
+    try:
+        interval = parse_duration_setting(item.get("interval", 30))
+        timeout = parse_duration_setting(item.get("timeout", 5))
+    except ValueError as e:
+        raise ValueError("health check interval or timeout: {}".format(e))
     if interval <= 0 or timeout <= 0:
-        raise ConfigError("{}: health check interval and timeout must be above 0".format(where))
+        raise ValueError("health check interval and timeout must be above 0")
     return HealthCheck(kind, value.strip(), interval, timeout, method, code, args)
 
 
-def parse_command(item, where):
+def parse_healthchecks(value):
+    """A8_HEALTHCHECKS (a comma list) or the YAML list -> health checks."""
+    if isinstance(value, str):
+        value = [c for c in value.split(",") if c.strip()]
+    if not isinstance(value, list):
+        raise ValueError("must be a list of health checks")
+    return tuple(parse_healthcheck(c) for c in value)
+
+
+def parse_command(item):
     if not isinstance(item, dict):
-        raise ConfigError("{}: a command must be a mapping with cmd".format(where))
+        raise ValueError("a command must be a mapping with cmd")
     unknown = set(item) - {"cmd", "env", "on_exit", "kill_group"}
     if unknown:
-        raise ConfigError("{}: unknown command key {}".format(where, sorted(unknown)[0]))
+        raise ValueError("unknown command key {}".format(sorted(unknown)[0]))
     cmd = item.get("cmd")
     if isinstance(cmd, str):
         cmd = shlex.split(cmd)
     if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
-        raise ConfigError("{}: cmd must be a command line or a list of strings".format(where))
+        raise ValueError("cmd must be a command line or a list of strings")
     env = item.get("env", [])
     if isinstance(env, dict):
         env = ["{}={}".format(k, v) for k, v in env.items()]
     if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-        raise ConfigError("{}: env must be a list of NAME=value".format(where))
+        raise ValueError("env must be a list of NAME=value")
     on_exit = str(item.get("on_exit", "ignore")).lower()
     if on_exit not in ("ignore", "terminate"):
-        raise ConfigError("{}: on_exit must be ignore or terminate, not {!r}".format(
-            where, item.get("on_exit")))
-    return Command(tuple(cmd), tuple(env), on_exit, _bool(item.get("kill_group", False),
-                                                          where + " kill_group"))
+        raise ValueError("on_exit must be ignore or terminate, not {!r}".format(
+            item.get("on_exit")))
+    try:
+        kill_group = parse_bool(item.get("kill_group", False))
+    except ValueError as e:
+        raise ValueError("kill_group: {}".format(e))
+    return Command(tuple(cmd), tuple(env), on_exit, kill_group)
 
 
-def _flatten_yaml(data, path):
-    """The YAML file's shape (0.4's) -> flat keys."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("{}: the configuration must be a mapping".format(path))
-    flat = {}
-    nested = {"service": ("name", "tags"), "endpoint": ("host", "port", "type"),
-              "registry": ("url", "token", "poll"), "controller": ("url", "token", "poll"),
-              "proxy_config": ("port", "admin_port", "workers")}
-    for key, value in data.items():
-        if key == "service" and isinstance(value, dict):
-            unknown = set(value) - {"name", "tags"}
-            if unknown:
-                raise ConfigError("{}: unknown key service.{}".format(path, sorted(unknown)[0]))
-            tags = value.get("tags") or []
-            if not isinstance(tags, list):
-                raise ConfigError("{}: service.tags must be a list".format(path))
-            flat["service"] = "{}:{}".format(value.get("name", ""), ",".join(map(str, tags)))
-        elif key in ("endpoint", "registry", "controller") and isinstance(value, dict):
-            allowed = nested[key]
-            for sub, subvalue in value.items():
-                if sub not in allowed:
-                    raise ConfigError("{}: unknown key {}.{}".format(path, key, sub))
-                flat["{}_{}".format(key, sub)] = subvalue
-        elif key in ("healthchecks", "commands", "register", "proxy", "log_level", "service",
-                     "proxy_port", "proxy_admin_port", "debug_port", "stop_timeout",
-                     "proxy_workers", "runtime_dir", "nginx", "endpoint_host",
-                     "endpoint_port", "endpoint_type"):
-            flat[key] = value
-        else:
-            raise ConfigError("{}: unknown key {}".format(path, key))
-    return flat
+def parse_commands(value):
+    if not isinstance(value, list):
+        raise ValueError("must be a list of commands")
+    return tuple(parse_command(c) for c in value)
+
+
+# The sidecar's settings (SPEC A5, Part C). Each name with underscores is a SidecarConfig
+# attribute, except service (service_name and service_tags) and config.
+SETTINGS = (
+    CONFIG,
+    Setting("service", "A8_SERVICE", parse_service, None,
+            "This service, `name[:tag1,tag2]` (in the file also `{name, tags}`).",
+            structured=True, shown_default="none (required)"),
+    Setting("endpoint-host", "A8_ENDPOINT_HOST", _stripped, None, "The address to register.",
+            yaml=("endpoint.host",), shown_default="first non-loopback IPv4"),
+    Setting("endpoint-port", "A8_ENDPOINT_PORT", _port, None, "The port to register, 1-65535.",
+            yaml=("endpoint.port",), shown_default="none (required to register)"),
+    Setting("endpoint-type", "A8_ENDPOINT_TYPE", choice("endpoint type", ENDPOINT_TYPES),
+            "http", "`http`, `https`, `tcp`, `udp` or `user`.", yaml=("endpoint.type",)),
+    Setting("register", "A8_REGISTER", parse_bool, "false", "Register this instance."),
+    Setting("proxy", "A8_PROXY", parse_bool, "false", "Run the proxy."),
+    Setting("registry-url", "A8_REGISTRY_URL", parse_url, None, "The registry.",
+            yaml=("registry.url",)),
+    Setting("registry-token", "A8_REGISTRY_TOKEN", _stripped, None, "Its bearer token.",
+            yaml=("registry.token",)),
+    Setting("registry-poll", "A8_REGISTRY_POLL", parse_positive_duration, "15s",
+            "Poll interval when the registry cannot block; also the cap of the retry "
+            "backoff when it is down.", yaml=("registry.poll",)),
+    Setting("controller-url", "A8_CONTROLLER_URL", parse_url, None, "The controller.",
+            yaml=("controller.url",)),
+    Setting("controller-token", "A8_CONTROLLER_TOKEN", _stripped, None, "Its bearer token.",
+            yaml=("controller.token",)),
+    Setting("controller-poll", "A8_CONTROLLER_POLL", parse_positive_duration, "15s",
+            "As `registry-poll`, for the controller.", yaml=("controller.poll",)),
+    Setting("healthchecks", "A8_HEALTHCHECKS", parse_healthchecks, None,
+            "A comma list of `http://…`, `https://…`, `tcp://host:port`, `file://command` "
+            "(in the file, a list of checks: see below).", structured=True),
+    Setting("log-level", "A8_LOG_LEVEL", _level, "info", "`debug`, `info`, `warn`, `error`."),
+    Setting("proxy-port", "A8_PROXY_PORT", _port, "6379",
+            "Where apps reach the proxy (all addresses)."),
+    Setting("proxy-admin-port", "A8_PROXY_ADMIN_PORT", _port, "5813",
+            "The proxy's admin listener, on 127.0.0.1."),
+    # Only the debug API can be off (0): nginx refuses to listen on port 0.
+    Setting("debug-port", "A8_DEBUG_PORT", port_parser(0), "6116",
+            "The debug API on 127.0.0.1; `0` turns it off."),
+    Setting("stop-timeout", "A8_STOP_TIMEOUT", parse_positive_duration, "30s",
+            "The deadline of a graceful stop."),
+    Setting("proxy-workers", "A8_PROXY_WORKERS", _workers, "1", "nginx worker processes, 1-64."),
+    Setting("runtime-dir", "A8_RUNTIME_DIR", _stripped, None,
+            "nginx.conf, pid, error.log, access.log, temp files.",
+            shown_default="a new temporary directory"),
+    Setting("nginx", "A8_NGINX", _stripped, None, "The nginx binary.",
+            shown_default="`openresty`, `nginx` or `/usr/sbin/nginx` on the PATH"),
+    Setting("commands", None, parse_commands, None,
+            "What to supervise besides the app after `--` (a list: see below).",
+            option=False, structured=True),
+)
 
 
 def default_host():
@@ -278,100 +290,21 @@ def default_host():
 
 def load(flags, environ=None, app=()):
     """
-    Merge the sources and validate.
+    Merge the sources (L{SETTINGS}) and validate.
 
-    @param flags: a dict of settings given on the command line (flat keys; None = unset).
+    @param flags: a dict of settings given on the command line (keys with underscores, as
+        C{endpoint_port}; None = unset).
     @param environ: the environment (default C{os.environ}).
     @param app: the trailing argv of an app to supervise (C{on_exit: terminate}).
     @raise ConfigError: naming the first bad setting.
     """
-    environ = os.environ if environ is None else environ
-    merged = {}
-    sources = {}
-    path = flags.get("config") or environ.get("A8_CONFIG")
-    if path:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except OSError as e:
-            raise ConfigError("A8_CONFIG: cannot read {}: {}".format(path, e.strerror))
-        except yaml.YAMLError as e:
-            raise ConfigError("A8_CONFIG: {} is not valid YAML ({})".format(
-                path, str(e).splitlines()[0]))
-        for key, value in _flatten_yaml(data, path).items():
-            merged[key] = value
-            sources[key] = "{} {}".format(path, key)
-    for key, env in _KEYS.items():
-        if env in environ:
-            merged[key] = environ[env]
-            sources[key] = env
-    for key, value in flags.items():
-        if key != "config" and value is not None:
-            merged[key] = value
-            sources[key] = "--" + key.replace("_", "-")
-
-    def where(key):
-        return sources.get(key, key)
-
-    values = {}
-    if "service" in merged:
-        values["service_name"], values["service_tags"] = parse_service(
-            str(merged["service"]), where("service"))
-    for key in ("register", "proxy"):
-        if key in merged:
-            values[key] = _bool(merged[key], where(key))
-    for key in ("endpoint_port",):
-        if key in merged:
-            values[key] = _port(merged[key], where(key))
-    for key in ("proxy_port", "proxy_admin_port", "debug_port"):
-        if key in merged:
-            # Only the debug API can be off (0): nginx refuses to listen on port 0.
-            values[key] = _port(merged[key], where(key), allow_zero=key == "debug_port")
-    for key in ("registry_poll", "controller_poll", "stop_timeout"):
-        if key in merged:
-            values[key] = _duration(merged[key], where(key))
-            if values[key] <= 0:
-                raise ConfigError("{}: must be above 0".format(where(key)))
-    for key in ("registry_url", "controller_url"):
-        if key in merged and str(merged[key]).strip():
-            values[key] = _url(merged[key], where(key))
-    for key in ("registry_token", "controller_token", "endpoint_host", "runtime_dir", "nginx"):
-        if key in merged and merged[key] is not None:
-            values[key] = str(merged[key]).strip()
-    if "endpoint_type" in merged:
-        kind = str(merged["endpoint_type"]).strip().lower()
-        if kind not in ENDPOINT_TYPES:
-            raise ConfigError("{}: endpoint type must be one of {}".format(
-                where("endpoint_type"), ", ".join(ENDPOINT_TYPES)))
-        values["endpoint_type"] = kind
-    if "log_level" in merged:
-        level = str(merged["log_level"]).strip().lower()
-        if level not in LEVELS:
-            raise ConfigError("{}: log level must be debug, info, warn or error".format(
-                where("log_level")))
-        values["log_level"] = level
-    if "proxy_workers" in merged:
-        try:
-            workers = int(str(merged["proxy_workers"]))
-        except ValueError:
-            workers = 0
-        if not 1 <= workers <= 64:
-            raise ConfigError("{}: proxy workers must be 1-64".format(where("proxy_workers")))
-        values["proxy_workers"] = workers
-    if "healthchecks" in merged:
-        checks = merged["healthchecks"]
-        if isinstance(checks, str):
-            checks = [c for c in checks.split(",") if c.strip()]
-        if not isinstance(checks, list):
-            raise ConfigError("{}: must be a list of health checks".format(where("healthchecks")))
-        values["healthchecks"] = tuple(parse_healthcheck(c, where("healthchecks"))
-                                       for c in checks)
-    commands = []
-    if "commands" in merged:
-        items = merged["commands"]
-        if not isinstance(items, list):
-            raise ConfigError("{}: must be a list of commands".format(where("commands")))
-        commands = [parse_command(c, where("commands")) for c in items]
+    loaded = settings.load(SETTINGS, {k.replace("_", "-"): v for k, v in flags.items()},
+                           environ)
+    values = {name.replace("-", "_"): value for name, value in loaded.values.items()
+              if value is not None and name not in ("config", "service", "commands")}
+    if loaded["service"] is not None:
+        values["service_name"], values["service_tags"] = loaded["service"]
+    commands = list(loaded["commands"] or ())
     if app:
         commands.append(Command(tuple(app), (), "terminate", False))
     values["commands"] = tuple(commands)
