@@ -17,11 +17,11 @@ import ctypes
 import ctypes.util
 import json
 import uuid
-from importlib import resources
 
 from jsonschema import Draft202012Validator
 
 from amalgam8.errors import InvalidRequest
+from amalgam8.schemas import DATAPLANE_DEFAULTS, RULE_SCHEMA_BYTES
 
 __all__ = [
     "DATAPLANE_DEFAULTS",
@@ -38,13 +38,10 @@ __all__ = [
     "kind_of",
 ]
 
-SCHEMA_BYTES = resources.files("amalgam8.schemas").joinpath("rule.json").read_bytes()
+SCHEMA_BYTES = RULE_SCHEMA_BYTES
 SCHEMA = json.loads(SCHEMA_BYTES)
 _validator = Draft202012Validator(SCHEMA)
 
-DATAPLANE_DEFAULTS = json.loads(
-    resources.files("amalgam8.schemas").joinpath("dataplane.json").read_bytes())
-"""The data plane's defaults and limits (C{lb}, C{retries_max}, timeouts, ejection, budget)."""
 
 WEIGHT_SLACK = 1e-9
 """How far above 1 backend weights may add up (rounding: 0.1 + 0.2 + 0.7)."""

@@ -178,6 +178,16 @@ class ControllerAPI:
             return new, answer
         raise Conflict("the rules kept changing; try again")
 
+    async def _changed(self, request, namespace, compute, code=200):
+        """
+        L{_change}, answered: C{code}, the new revision in C{A8-Revision} and the body
+        C{{"ids": [...]}} of the rules the change touched.
+        """
+        ruleset, ids = await self._change(namespace, compute)
+        request.setResponseCode(code)
+        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
+        return _body(request, encode({"ids": ids}).encode())
+
     @app.route("/v1/rules", methods=["POST"])
     @route_name("rules_create")
     async def create_rules(self, request):
@@ -192,10 +202,7 @@ class ControllerAPI:
                                    .format(index, rule["id"]))
             return list(ruleset.rules) + rules, [rule["id"] for rule in rules]
 
-        ruleset, ids = await self._change(namespace, compute)
-        request.setResponseCode(201)
-        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode({"ids": ids}).encode())
+        return await self._changed(request, namespace, compute, code=201)
 
     @app.route("/v1/rules", methods=["PUT"])
     @route_name("rules_update")
@@ -212,9 +219,7 @@ class ControllerAPI:
             return ([replaced.get(rule["id"], rule) for rule in ruleset.rules],
                     [rule["id"] for rule in rules])
 
-        ruleset, ids = await self._change(namespace, compute)
-        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode({"ids": ids}).encode())
+        return await self._changed(request, namespace, compute)
 
     @app.route("/v1/rules", methods=["DELETE"])
     @route_name("rules_delete")
@@ -231,9 +236,7 @@ class ControllerAPI:
             return ([rule for rule in ruleset.rules if rule["id"] not in doomed],
                     sorted(doomed))
 
-        ruleset, ids = await self._change(namespace, compute)
-        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode({"ids": ids}).encode())
+        return await self._changed(request, namespace, compute)
 
     @app.route("/v1/rules/<any(routes, actions):kinds>/<string:destination>",
                methods=["PUT"])
@@ -270,10 +273,7 @@ class ControllerAPI:
                         index, rule["id"]))
             return kept + rules, [rule["id"] for rule in rules]
 
-        ruleset, ids = await self._change(namespace, compute)
-        request.setResponseCode(201)
-        request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode({"ids": ids}).encode())
+        return await self._changed(request, namespace, compute, code=201)
 
     @app.route("/v1/rules/<any(routes, actions):kinds>/<string:destination>",
                methods=["DELETE"])

@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import subprocess
-from importlib import resources
 
 import attrs
+
+from amalgam8.schemas import DATAPLANE_DEFAULTS
 
 __all__ = ["ProxyConfig", "dataplane_defaults", "find_nginx", "lua_root", "render", "write"]
 
@@ -83,8 +84,7 @@ def dataplane_defaults():
     home is C{amalgam8/schemas/dataplane.json}, which the renderer writes into the proxy's
     configuration.
     """
-    text = resources.files("amalgam8.schemas").joinpath("dataplane.json").read_text("utf-8")
-    return json.loads(text)
+    return dict(DATAPLANE_DEFAULTS)
 
 
 def _lua_value(value):
@@ -383,25 +383,21 @@ class AdminClient:
         @return: the proxy's answer C{{"version": N, "rejected": [{"id", "error"}]}}: the
             rules (and instances) it skipped because it could not use them.
         """
-        import json as _json
-
         response = await self._http.post(
-            self.url, data=_json.dumps(state).encode("utf-8"),
+            self.url, data=json.dumps(state).encode("utf-8"),
             headers={b"Content-Type": [b"application/json"]},
             timeout=self._timeout, reactor=self._reactor)
         body = await response.content()
         if response.code != 200:
             raise AdminRefused("proxy refused the state ({}): {}".format(
                 response.code, body[:300].decode("utf-8", "replace")))
-        return _json.loads(body)
+        return json.loads(body)
 
     async def loaded(self):
         """What the proxy holds (GET)."""
-        import json as _json
-
         response = await self._http.get(self.url, timeout=self._timeout,
                                         reactor=self._reactor)
-        return _json.loads(await response.content())
+        return json.loads(await response.content())
 
 
 class AdminRefused(Exception):
