@@ -94,17 +94,18 @@ def debug_enabled():
     return bool(_configured) and _configured[0] <= LogLevel.debug
 
 
-def json_observer(stream=None, level=None):
+def json_observer(stream=None, level=None, environ=None):
     """
     An observer writing one JSON object a line to C{stream} (standard output by default),
     dropping events below C{level} (default: the server's C{--log-level}, else
-    C{A8_LOG_LEVEL}, else info).
+    C{A8_LOG_LEVEL} of C{environ} (default: the process environment), else info).
     """
     if level is None and _configured:
         level = _configured[0]
     if level is None:
         try:
-            level = parse_level(os.environ.get("A8_LOG_LEVEL", "info"))
+            environ = os.environ if environ is None else environ
+            level = parse_level(environ.get("A8_LOG_LEVEL", "info"))
         except ValueError:
             level = LogLevel.info
     out = stream if stream is not None else sys.stdout

@@ -197,24 +197,24 @@ class LevelTests(LogsTestCase):
 
     def test_environment_level(self):
         """Without a level, A8_LOG_LEVEL decides."""
-        self.patch(logs.os, "environ", {"A8_LOG_LEVEL": "warn"})
-        log = Logger(namespace="n", observer=json_observer(stream=self.stream))
+        log = Logger(namespace="n",
+                     observer=json_observer(stream=self.stream, environ={"A8_LOG_LEVEL": "warn"}))
         log.info("i")
         log.warn("w")
         self.assertEqual([r["message"] for r in self.records()], ["w"])
 
     def test_default_info(self):
         """Without a level or A8_LOG_LEVEL, the level is info."""
-        self.patch(logs.os, "environ", {})
-        log = Logger(namespace="n", observer=json_observer(stream=self.stream))
+        log = Logger(namespace="n",
+                     observer=json_observer(stream=self.stream, environ={}))
         log.debug("d")
         log.info("i")
         self.assertEqual([r["message"] for r in self.records()], ["i"])
 
     def test_bad_environment_level(self):
         """A bad A8_LOG_LEVEL falls back to info rather than failing."""
-        self.patch(logs.os, "environ", {"A8_LOG_LEVEL": "loud"})
-        log = Logger(namespace="n", observer=json_observer(stream=self.stream))
+        log = Logger(namespace="n",
+                     observer=json_observer(stream=self.stream, environ={"A8_LOG_LEVEL": "loud"}))
         log.debug("d")
         log.info("i")
         self.assertEqual([r["message"] for r in self.records()], ["i"])
