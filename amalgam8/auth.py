@@ -6,6 +6,12 @@ chained in the order given (C{"jwt,trusted"}).
 A mode either names the namespace, passes the token on to the next mode (it does not
 recognise it), or rejects it outright (a JWT that is expired or badly signed is never handed
 on to C{trusted}, so it cannot become a namespace by accident).
+
+The modes rank C{jwt} > C{trusted} > C{default}. A chain in which a weaker mode follows a
+stronger one (C{jwt,trusted}, C{jwt,default}, C{trusted,default}) lets a request the
+stronger mode would refuse in through the weaker one; L{fallback_problem} says why, the
+servers refuse such a chain at start unless C{--allow-trusted-fallback} names the migration,
+and the L{Authenticator} reports each request such a fallback accepted.
 """
 
 import re
@@ -15,9 +21,18 @@ import jwt
 
 from amalgam8.errors import Unauthorized
 
-__all__ = ["Authenticator", "MODES", "parse_modes", "namespace_from_token"]
+__all__ = [
+    "Authenticator",
+    "MODES",
+    "parse_modes",
+    "fallbacks",
+    "fallback_problem",
+    "announce_fallback",
+    "namespace_from_token",
+]
 
 MODES = ("default", "trusted", "jwt")
+_STRENGTH = {"default": 0, "trusted": 1, "jwt": 2}
 DEFAULT_NAMESPACE = "default"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}")
@@ -46,6 +61,44 @@ def parse_modes(text):
     if len(set(modes)) != len(modes):
         raise ValueError("auth mode listed twice: {!r}".format(text))
     return modes
+
+
+def fallbacks(modes):
+    """
+    The modes of a chain that follow a stronger one (C{("trusted",)} for C{jwt,trusted}):
+    each accepts requests a stronger mode before it passed on.
+    """
+    found, strongest = [], -1
+    for mode in modes:
+        if _STRENGTH[mode] < strongest:
+            found.append(mode)
+        strongest = max(strongest, _STRENGTH[mode])
+    return tuple(found)
+
+
+def fallback_problem(modes):
+    """
+    Why a chain with a weaker mode after a stronger one is a downgrade (one line), or
+    L{None} for a chain without one.
+    """
+    weaker = fallbacks(modes)
+    if not weaker:
+        return None
+    stronger = modes[0]
+    what = {"trusted": "any bare `Bearer <namespace>`",
+            "default": "a request without a token (as namespace default)"}
+    return "{} is a silent downgrade: {} after {} accepts {} that {} refuses".format(
+        ",".join(modes), " and ".join(weaker), stronger,
+        " and ".join(what[mode] for mode in weaker), stronger)
+
+
+def announce_fallback(log, modes):
+    """Log, at start, the warning that C{modes} fall back to a weaker mode (if they do)."""
+    problem = fallback_problem(modes)
+    if problem is not None:
+        log.warn("auth fallback allowed (--allow-trusted-fallback): {problem}; each request "
+                 "it accepts is counted in auth_fallback_total", problem=problem,
+                 modes=",".join(modes))
 
 
 def bearer_token(header):
@@ -79,11 +132,19 @@ class Authenticator:
     @ivar modes: the modes, in chain order.
     @ivar jwt_secret: the HS256 secret for C{jwt} mode.
     @ivar clock: an C{IReactorTime} (C{exp} is checked against C{clock.seconds()}).
+    @ivar fallback: called with the mode for each token a weaker mode after a stronger one
+        accepted (L{fallbacks}), or L{None}.
     """
 
     modes: tuple = attrs.field(converter=tuple)
     clock: object
     jwt_secret: str = None
+    fallback: object = None
+    _weaker: tuple = attrs.field(init=False, repr=False, eq=False)
+
+    @_weaker.default
+    def _weaker_modes(self):
+        return fallbacks(self.modes)
 
     def __attrs_post_init__(self):
         if "jwt" in self.modes and not self.jwt_secret:
@@ -106,9 +167,12 @@ class Authenticator:
         token = bearer_token(authorization)
         for mode in self.modes:
             try:
-                return getattr(self, "_" + mode)(token), mode
+                namespace = getattr(self, "_" + mode)(token)
             except _Pass:
                 continue
+            if mode in self._weaker and self.fallback is not None:
+                self.fallback(mode)
+            return namespace, mode
         if token is None:
             raise Unauthorized("a bearer token is required")
         raise Unauthorized("the bearer token is not accepted")

@@ -533,7 +533,15 @@ SERVER_SETTINGS = (
             option=False, unless="listen"),
     Setting("auth-mode", "A8_AUTH_MODE", _auth_modes, "default",
             "How a bearer token maps to a namespace: `default`, `trusted`, `jwt`, or a "
-            "comma-separated chain such as `jwt,trusted`."),
+            "comma-separated chain such as `default,jwt`. A weaker mode after a stronger one "
+            "(strength `jwt` > `trusted` > `default`) is refused at start unless "
+            "`allow-trusted-fallback` is true."),
+    Setting("allow-trusted-fallback", "A8_ALLOW_TRUSTED_FALLBACK", parse_bool, "false",
+            "Allow an auth chain with a weaker mode after a stronger one (`jwt,trusted`, "
+            "`jwt,default`, `trusted,default`), for a migration: warned at start, and each "
+            "request the weaker mode accepts is counted in `/metrics` "
+            "(`a8_registry_auth_fallback_total{mode}`, "
+            "`a8_controller_auth_fallback_total{mode}`)."),
     Setting("jwt-secret", "A8_JWT_SECRET", parse_text, None,
             "The HS256 secret for the `jwt` mode (required when `jwt` is in the chain)."),
     Setting("require-https", "A8_REQUIRE_HTTPS", parse_bool, "false",
@@ -551,9 +559,16 @@ SERVER_SETTINGS = (
 
 def check_server(options):
     """Cross-checks of the server settings; the default listener."""
+    from amalgam8.auth import fallback_problem
+
     if "jwt" in options["auth-mode"] and not options["jwt-secret"]:
         raise SettingError("--auth-mode jwt needs --jwt-secret (A8_JWT_SECRET){}".format(
             options.loaded.origins("auth-mode")))
+    problem = fallback_problem(options["auth-mode"])
+    if problem is not None and not options["allow-trusted-fallback"]:
+        raise SettingError("--auth-mode {}{}; set --allow-trusted-fallback true "
+                           "(A8_ALLOW_TRUSTED_FALLBACK) to allow it during a migration".format(
+                               problem, options.loaded.origins("auth-mode")))
     if not options["listen"]:
         options["listen"] = ["tcp:{}".format(options["api-port"])]
 

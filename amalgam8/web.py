@@ -210,7 +210,8 @@ def route_name(name):
 class Metrics:
     """
     Prometheus metrics of one server: a private registry, request counts by route, method
-    and status, and request latency by route and method.
+    and status, request latency by route and method, and the requests an auth fallback
+    accepted (L{auth_fallback}).
     """
 
     def __init__(self, prefix, registry=None):
@@ -231,6 +232,17 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                      1, 2.5, 5, 10, 30, 60),
         )
+        self._fallbacks = Counter(
+            prefix + "_auth_fallback",
+            "Requests accepted by a weaker auth mode after a stronger one "
+            "(--allow-trusted-fallback), by mode.",
+            ["mode"],
+            registry=self.registry,
+        )
+
+    def auth_fallback(self, mode):
+        """Count a request accepted by the fallback C{mode} (an L{Authenticator} hook)."""
+        self._fallbacks.labels(mode).inc()
 
     def observe(self, route, method, status, seconds):
         key = (route, method, status)

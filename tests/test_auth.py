@@ -7,9 +7,11 @@ import json
 
 import jwt
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, Logger, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from amalgam8.auth import Authenticator, bearer_token, namespace_from_token, parse_modes
+from amalgam8.auth import announce_fallback, fallback_problem, fallbacks
 from amalgam8.errors import Unauthorized
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256-and-even-for-hs512!!"
@@ -344,3 +346,84 @@ class ChainTests(AuthTestCase):
     def test_basic_refused_in_chain(self):
         """Basic credentials are refused by a chain that would accept no token."""
         self.assertUnauthorized(self.authenticator("trusted", "default"), b"Basic YTpi")
+
+
+class FallbackTests(AuthTestCase):
+    """A weaker mode after a stronger one (jwt > trusted > default) is a fallback."""
+
+    def test_fallbacks(self):
+        """L{fallbacks} names each mode that follows a stronger one."""
+        for modes, expected in [
+                (("jwt", "trusted"), ("trusted",)),
+                (("jwt", "default"), ("default",)),
+                (("trusted", "default"), ("default",)),
+                (("jwt", "trusted", "default"), ("trusted", "default")),
+                (("trusted", "jwt", "default"), ("default",)),
+                (("default", "trusted", "jwt"), ()),
+                (("trusted", "jwt"), ()),
+                (("jwt",), ()),
+                (("default",), ())]:
+            self.assertEqual(fallbacks(modes), expected, modes)
+
+    def test_problem(self):
+        """L{fallback_problem} explains a fallback chain in one line, and is None otherwise."""
+        problem = fallback_problem(("jwt", "trusted"))
+        self.assertEqual(problem.count("\n"), 0)
+        self.assertIn("jwt,trusted is a silent downgrade", problem)
+        self.assertIn("trusted after jwt", problem)
+        self.assertIn("default", fallback_problem(("trusted", "default")))
+        self.assertIsNone(fallback_problem(("trusted", "jwt")))
+        self.assertIsNone(fallback_problem(("default",)))
+
+    def counted(self, *modes):
+        seen = []
+        auth = Authenticator(modes, self.clock, jwt_secret=SECRET if "jwt" in modes else None,
+                             fallback=seen.append)
+        return auth, seen
+
+    def test_fallback_counted(self):
+        """Each request the weaker mode accepts is reported with that mode."""
+        auth, seen = self.counted("jwt", "trusted")
+        self.assertEqual(auth.identify(bearer("tenant-b")), ("tenant-b", "trusted"))
+        self.assertEqual(auth.namespace(bearer("tenant-c")), "tenant-c")
+        self.assertEqual(seen, ["trusted", "trusted"])
+
+    def test_jwt_still_wins(self):
+        """A valid JWT is taken by jwt, not reported as a fallback."""
+        auth, seen = self.counted("jwt", "trusted")
+        token = signed({"namespace": "team-a", "exp": NOW + 60})
+        self.assertEqual(auth.identify(bearer(token)), ("team-a", "jwt"))
+        self.assertEqual(seen, [])
+
+    def test_refused_not_counted(self):
+        """A refused token is not a fallback."""
+        auth, seen = self.counted("jwt", "trusted")
+        self.assertUnauthorized(auth, bearer(unsigned({"namespace": "a"})))
+        self.assertUnauthorized(auth, None)
+        self.assertEqual(seen, [])
+
+    def test_default_fallback_counted(self):
+        """In trusted,default a request without a token is a default fallback."""
+        auth, seen = self.counted("trusted", "default")
+        self.assertEqual(auth.namespace(None), "default")
+        self.assertEqual(auth.namespace(bearer("team-c")), "team-c")
+        self.assertEqual(seen, ["default"])
+
+    def test_no_fallback_chain(self):
+        """A chain without a weaker-after-stronger mode reports nothing."""
+        auth, seen = self.counted("trusted", "jwt")
+        auth.namespace(bearer("team-b"))
+        auth.namespace(bearer(signed({"namespace": "a"})))
+        self.assertEqual(seen, [])
+
+    def test_announce(self):
+        """L{announce_fallback} logs one warning for a fallback chain, none otherwise."""
+        log = Logger(namespace="amalgam8.test")
+        with capturedLogs() as events:
+            announce_fallback(log, ("jwt", "trusted"))
+            announce_fallback(log, ("trusted", "jwt"))
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertEqual(events[0]["modes"], "jwt,trusted")
+        self.assertIn("silent downgrade", events[0]["problem"])
+

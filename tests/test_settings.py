@@ -164,7 +164,8 @@ class ServerFileTests(Files, SynchronousTestCase):
 
     def test_registry(self):
         path = self.yaml("default_ttl: 45s\nlog_level: debug\nlisten: [tcp:0, tcp:1]\n"
-                         "auth_mode: jwt,trusted\njwt_secret: k\nnamespace_capacity: 5\n")
+                         "auth_mode: jwt,trusted\nallow_trusted_fallback: true\njwt_secret: k\n"
+                         "namespace_capacity: 5\n")
         options = self.parse(RegistryOptions, [], {"A8_CONFIG": path})
         self.assertEqual((options["default-ttl"], options["log-level"], options["listen"],
                           options["auth-mode"], options["namespace-capacity"]),

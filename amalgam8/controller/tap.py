@@ -6,7 +6,7 @@ C{twistd -n a8controller}: options, environment and the service tree of the cont
 
 from twisted.logger import Logger
 
-from amalgam8.auth import Authenticator
+from amalgam8.auth import Authenticator, announce_fallback
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
@@ -81,18 +81,20 @@ def makeService(options, reactor=None):
     top = ServerService("a8controller")
     store = options.get("rule-store") or MemoryStore()
     store.setServiceParent(top)
+    log = Logger(namespace="amalgam8.controller")
+    metrics = Metrics("a8_controller")
+    announce_fallback(log, options["auth-mode"])
     api = ControllerAPI(
         store,
         Authenticator(modes=options["auth-mode"], clock=reactor,
-                      jwt_secret=options["jwt-secret"]),
+                      jwt_secret=options["jwt-secret"], fallback=metrics.auth_fallback),
         reactor,
         proxies=ProxyReports(reactor, options["proxy-report-interval"]),
         traces=TraceBuffer(options["trace-capacity"]),
-        metrics=Metrics("a8_controller"),
+        metrics=metrics,
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
     site = A8Site(api.resource())
-    add_listeners(top, reactor, options["listen"], site,
-                  Logger(namespace="amalgam8.controller"))
+    add_listeners(top, reactor, options["listen"], site, log)
     return top

@@ -6,7 +6,7 @@ C{twistd -n a8registry}: options, environment and the service tree of the regist
 
 from twisted.logger import Logger
 
-from amalgam8.auth import Authenticator
+from amalgam8.auth import Authenticator, announce_fallback
 from amalgam8.logs import configure as configure_logs
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
@@ -108,17 +108,21 @@ def makeService(options, reactor=None):
     top = ServerService("a8registry")
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
     store.setServiceParent(top)
+    log = Logger(namespace="amalgam8.registry")
+    metrics = Metrics("a8_registry")
+    announce_fallback(log, options["auth-mode"])
     authenticator = Authenticator(
-        modes=options["auth-mode"], clock=reactor, jwt_secret=options["jwt-secret"])
+        modes=options["auth-mode"], clock=reactor, jwt_secret=options["jwt-secret"],
+        fallback=metrics.auth_fallback)
     api = RegistryAPI(
         store,
         authenticator,
         reactor,
         ttl=TTLPolicy(options["default-ttl"], options["min-ttl"], options["max-ttl"]),
-        metrics=Metrics("a8_registry"),
+        metrics=metrics,
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
     site = A8Site(api.resource())
-    add_listeners(top, reactor, options["listen"], site, Logger(namespace="amalgam8.registry"))
+    add_listeners(top, reactor, options["listen"], site, log)
     return top
