@@ -24,6 +24,7 @@ from amalgam8.errors import Unauthorized
 __all__ = [
     "Authenticator",
     "MODES",
+    "ADMIN_NAMESPACE",
     "parse_modes",
     "fallbacks",
     "fallback_problem",
@@ -34,6 +35,7 @@ __all__ = [
 MODES = ("default", "trusted", "jwt")
 _STRENGTH = {"default": 0, "trusted": 1, "jwt": 2}
 DEFAULT_NAMESPACE = "default"
+ADMIN_NAMESPACE = "admin"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}")
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}")
 
@@ -176,6 +178,19 @@ class Authenticator:
         if token is None:
             raise Unauthorized("a bearer token is required")
         raise Unauthorized("the bearer token is not accepted")
+
+    def is_admin(self, authorization):
+        """
+        Whether C{authorization} carries a valid JWT for the namespace C{admin} (only a
+        chain with C{jwt} has one; a bad or absent token is not an error here).
+        """
+        if "jwt" not in self.modes:
+            return False
+        try:
+            namespace = self._jwt(bearer_token(authorization))
+        except (_Pass, Unauthorized):
+            return False
+        return namespace == ADMIN_NAMESPACE
 
     def _default(self, token):
         if token is None or token == DEFAULT_NAMESPACE:

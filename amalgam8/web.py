@@ -182,12 +182,20 @@ def answer_failure(request, failure, error_body, log):
     return json_answer(request, error_body("error_internal", "internal error"))
 
 
-def metrics_answer(request, metrics, token):
-    """C{GET /metrics}: the Prometheus text, behind C{token} when one is set."""
+def metrics_answer(request, metrics, token, authenticator=None):
+    """
+    C{GET /metrics}: the Prometheus text, behind C{token} when one is set. Series by
+    namespace only for the holder of the token or of an admin JWT (C{authenticator}'s
+    L{is_admin<amalgam8.auth.Authenticator.is_admin>}); anyone else gets the totals.
+    """
     if token is not None:
         check_token(request, token, "GET /metrics")
+        per_namespace = True
+    else:
+        per_namespace = authenticator is not None and authenticator.is_admin(
+            request.getHeader(b"authorization"))
     request.setHeader(b"content-type", metrics.content_type)
-    return metrics.render()
+    return metrics.render(per_namespace)
 
 
 def route_name(name):
@@ -255,10 +263,41 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self):
-        return generate_latest(self.registry)
+    def render(self, per_namespace=True):
+        """
+        The Prometheus text: every series, or (C{per_namespace} false) each family with a
+        C{namespace} label summed over it, so that no tenant is named.
+        """
+        if per_namespace:
+            return generate_latest(self.registry)
+        return generate_latest(_Totals(self.registry))
 
     content_type = CONTENT_TYPE_LATEST.encode("ascii")
+
+
+class _Totals:
+    """A collector of another registry's families with the C{namespace} label summed away."""
+
+    def __init__(self, registry):
+        self._registry = registry
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+
+        for family in self._registry.collect():
+            if not any("namespace" in sample.labels for sample in family.samples):
+                yield family
+                continue
+            sums = {}
+            for sample in family.samples:
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items()
+                                      if k != "namespace"))
+                key = (sample.name, labels)
+                sums[key] = sums.get(key, 0) + sample.value
+            total = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in sums.items():
+                total.add_sample(name, dict(labels), value)
+            yield total
 
 
 class Front(Resource):
@@ -422,7 +461,7 @@ class A8Site(Site):
 
 
 class MetricsResource(Resource):
-    """C{GET /metrics} in the Prometheus text format."""
+    """C{GET /metrics} in the Prometheus text format: totals only (no namespace named)."""
 
     isLeaf = True
 
@@ -433,4 +472,4 @@ class MetricsResource(Resource):
     def render_GET(self, request):
         request.route = "metrics"
         request.setHeader(b"content-type", self._metrics.content_type)
-        return self._metrics.render()
+        return self._metrics.render(per_namespace=False)

@@ -427,3 +427,24 @@ class FallbackTests(AuthTestCase):
         self.assertEqual(events[0]["modes"], "jwt,trusted")
         self.assertIn("silent downgrade", events[0]["problem"])
 
+
+class AdminTests(AuthTestCase):
+    """L{Authenticator.is_admin}: a valid JWT for the namespace admin."""
+
+    def test_admin_jwt(self):
+        auth = self.authenticator("jwt")
+        self.assertTrue(auth.is_admin(bearer(signed({"namespace": "admin"}))))
+
+    def test_not_admin(self):
+        """Another namespace, a bad or expired JWT, no token or another scheme: no."""
+        auth = self.authenticator("jwt")
+        for header in (bearer(signed({"namespace": "team-a"})),
+                       bearer(signed({"namespace": "admin", "exp": NOW})),
+                       bearer(unsigned({"namespace": "admin"})),
+                       bearer("admin"), None, b"Basic YTpi"):
+            self.assertFalse(auth.is_admin(header), header)
+
+    def test_trusted_admin_is_not_admin(self):
+        """A bare Bearer admin in trusted mode is the tenant admin, not an admin JWT."""
+        for modes in (("trusted",), ("trusted", "jwt")):
+            self.assertFalse(self.authenticator(*modes).is_admin(bearer("admin")), modes)

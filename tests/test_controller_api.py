@@ -23,7 +23,7 @@ from amalgam8.controller.store import MemoryStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.testing.late import Later, LateStore, settling
 from amalgam8.web import MAX_BODY
-from tests.helpers import Answer, json_values, make_jwt, sample_value
+from tests.helpers import Answer, json_values, make_jwt, metric_samples, sample_value
 
 NOW = 1_800_000_000.0
 BASE = "http://controller.test"
@@ -1446,6 +1446,7 @@ class TraceBoundTests(ControllerTestCase):
 
     modes = ("trusted",)
     trace_capacity = 10
+    metrics_token = "scrape-me"
 
     def add(self, records, token="t"):
         answer = self.request(b"POST", "/v1/traces", json_body={"records": records},
@@ -1473,9 +1474,9 @@ class TraceBoundTests(ControllerTestCase):
         self.assertEqual((len(body["records"]), body["dropped"]), (3, 0))
 
     def test_dropped_metric(self):
-        """The drops are counted in /metrics by namespace."""
+        """The drops are counted in /metrics by namespace (shown with the metrics token)."""
         self.add([record(n) for n in range(12)], token="a")
-        text = self.request(b"GET", "/metrics").body.decode("utf-8")
+        text = self.request(b"GET", "/metrics", token="scrape-me").body.decode("utf-8")
         self.assertEqual(sample_value(text, "a8_controller_trace_records_dropped_total",
                                       namespace="a"), 2)
         self.assertEqual(sample_value(text, "a8_controller_trace_records_received_total"),
@@ -1486,6 +1487,7 @@ class ServiceEndpointTests(ControllerTestCase):
     """/health, /, /v1/schema, /metrics, unknown paths and methods."""
 
     modes = ("trusted",)
+    metrics_token = "scrape-me"
 
     def test_health(self):
         """/health and / answer 200 without credentials."""
@@ -1529,7 +1531,7 @@ class ServiceEndpointTests(ControllerTestCase):
         d = self.start(b"GET", RULES + "?wait=30s&revision=1", token="b")
         self.http.flush()
         self.request(b"POST", "/v1/traces", json_body={"records": [record(0)]}, token="a")
-        answer = self.request(b"GET", "/metrics")
+        answer = self.request(b"GET", "/metrics", token="scrape-me")
         self.assertEqual(answer.code, 200)
         self.assertTrue(answer.header(b"content-type").startswith("text/plain"))
         text = answer.body.decode("utf-8")
@@ -2184,3 +2186,73 @@ class PropertyTests(SynchronousTestCase):
         if answer.code >= 400:
             self.assertEqual(sorted(answer.json()), ["description", "error"])
             self.assertEqual(case.snapshot(), before)
+
+
+class MetricsTenantTests(ControllerTestCase):
+    """
+    GET /metrics names tenants only to the metrics token or an admin JWT; anyone else sees
+    the totals (issue 10, item 4).
+    """
+
+    modes = ("jwt", "trusted")
+    trace_capacity = 2
+
+    def setUp(self):
+        ControllerTestCase.setUp(self)
+        self.post(route(), actions(), token="tenant-a")
+        self.post(route(), token="tenant-a")
+        self.post(route(), token="tenant-b")
+        answer = self.request(b"POST", "/v1/traces", token="tenant-a",
+                              json_body={"records": [record(n) for n in range(5)]})
+        self.assertEqual(answer.code, 202, answer.body)
+        self.admin = make_jwt({"namespace": "admin"}, SECRET)
+
+    def scrape(self, token=None):
+        answer = self.request(b"GET", "/metrics", token=token)
+        self.assertEqual(answer.code, 200)
+        return answer.body.decode("utf-8")
+
+    def per_namespace(self, text):
+        return {(name, labels.get("namespace")): value
+                for name, labels, value in metric_samples(text) if "namespace" in labels}
+
+    def test_admin_jwt(self):
+        """An admin JWT sees rules, revisions and drops per namespace."""
+        series = self.per_namespace(self.scrape(self.admin))
+        self.assertEqual(series[("a8_controller_rules", "tenant-a")], 3)
+        self.assertEqual(series[("a8_controller_rules", "tenant-b")], 1)
+        self.assertEqual(series[("a8_controller_revision", "tenant-a")], 2)
+        self.assertEqual(series[("a8_controller_revision", "tenant-b")], 1)
+        self.assertEqual(series[("a8_controller_trace_records_dropped_total", "tenant-a")], 3)
+
+    def test_anonymous(self):
+        """Without credentials each namespace family is summed and no tenant is named."""
+        for token in (None, "tenant-a", "admin", make_jwt({"namespace": "tenant-a"}, SECRET)):
+            text = self.scrape(token)
+            self.assertEqual(self.per_namespace(text), {}, token)
+            self.assertNotIn("tenant-", text)
+            self.assertEqual(sample_value(text, "a8_controller_rules"), 4)
+            self.assertEqual(sample_value(text, "a8_controller_revision"), 3)
+            self.assertEqual(sample_value(text, "a8_controller_trace_records_dropped_total"), 3)
+            self.assertEqual(sample_value(text, "a8_controller_trace_records_received_total"),
+                             5)
+
+
+class MetricsTenantTokenTests(ControllerTestCase):
+    """With a metrics token, its holder sees the series per namespace."""
+
+    modes = ("jwt", "trusted")
+    trace_capacity = 2
+    metrics_token = "scrape-me"
+    setUp = MetricsTenantTests.setUp
+
+    def test_token(self):
+        text = self.request(b"GET", "/metrics", token="scrape-me").body.decode("utf-8")
+        self.assertEqual(sample_value(text, "a8_controller_rules", namespace="tenant-a"), 3)
+        self.assertEqual(sample_value(text, "a8_controller_rules", namespace="tenant-b"), 1)
+        self.assertIsNone(sample_value(text, "a8_controller_rules"))
+
+    def test_without_token(self):
+        """Without the token (an admin JWT instead) /metrics is still 401."""
+        self.assertEqual(self.request(b"GET", "/metrics").code, 401)
+        self.assertEqual(self.request(b"GET", "/metrics", token=self.admin).code, 401)

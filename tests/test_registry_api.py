@@ -1024,13 +1024,14 @@ class LateExpiryWakesTests(ExpiryWakesTests):
 
 
 class MetricsTests(RegistryTestCase):
-    """GET /metrics in the Prometheus text format."""
+    """GET /metrics in the Prometheus text format (with the metrics token: every series)."""
 
     modes = ("trusted",)
     start_store = True
+    metrics_token = "scrape-me"
 
     def scrape(self):
-        answer = self.request(b"GET", "/metrics")
+        answer = self.request(b"GET", "/metrics", token=self.metrics_token)
         self.assertEqual(answer.code, 200)
         self.assertTrue(answer.header(b"content-type").startswith("text/plain"))
         return answer.body.decode("utf-8")
@@ -1633,3 +1634,76 @@ class PropertyTests(SynchronousTestCase):
             self.assertIn(answer.code, (400, 413))
             self.assertEqual(list(json.loads(answer.body)), ["Error"])
             self.assertEqual(case.snapshot(), before)
+
+
+class MetricsTenantTests(RegistryTestCase):
+    """
+    GET /metrics names tenants only to the metrics token or an admin JWT; anyone else sees
+    the totals (issue 10, item 4).
+    """
+
+    modes = ("jwt", "trusted")
+    start_store = True
+
+    def setUp(self):
+        RegistryTestCase.setUp(self)
+        self.register(reg(value="1"), token="tenant-a")
+        self.register(reg(value="2"), token="tenant-a")
+        self.register(reg(value="1"), token="tenant-b")
+
+    def scrape(self, token=None):
+        answer = self.request(b"GET", "/metrics", token=token)
+        self.assertEqual(answer.code, 200)
+        return answer.body.decode("utf-8")
+
+    def assertTotals(self, text):
+        """No sample has a namespace label, and the instances are summed."""
+        self.assertEqual([s for s in metric_samples(text) if "namespace" in s[1]], [])
+        self.assertNotIn("tenant-", text)
+        self.assertEqual(sample_value(text, "a8_registry_instances"), 3)
+
+    def test_anonymous(self):
+        """Without credentials /metrics shows a8_registry_instances summed, no tenant."""
+        self.assertTotals(self.scrape())
+
+    def test_tenant_tokens(self):
+        """A tenant's JWT, a bare trusted token and even a bare "admin" get the totals."""
+        for token in (make_jwt({"namespace": "tenant-a"}), "tenant-a", "admin",
+                      make_jwt({"namespace": "admin"},
+                               secret="not-the-secret-at-all-0123456789")):
+            self.assertTotals(self.scrape(token))
+
+    def test_admin_jwt(self):
+        """An admin JWT sees the series per namespace."""
+        text = self.scrape(make_jwt({"namespace": "admin"}))
+        self.assertEqual(sample_value(text, "a8_registry_instances", namespace="tenant-a"), 2)
+        self.assertEqual(sample_value(text, "a8_registry_instances", namespace="tenant-b"), 1)
+        self.assertIsNone(sample_value(text, "a8_registry_instances"))
+
+    def test_other_series_unchanged(self):
+        """The totals keep the series without a namespace label as they are."""
+        text = self.scrape()
+        self.assertEqual(sample_value(text, "a8_registry_registrations_total"), 3)
+        self.assertEqual(sample_value(text, "a8_registry_http_requests_total",
+                                      route="register", method="POST", status="201"), 3)
+
+
+class MetricsTenantTokenTests(RegistryTestCase):
+    """With a metrics token, its holder sees the series per namespace."""
+
+    modes = ("jwt", "trusted")
+    start_store = True
+    metrics_token = "scrape-me"
+    setUp = MetricsTenantTests.setUp
+
+    def test_token(self):
+        """The metrics token sees the series per namespace."""
+        text = self.request(b"GET", "/metrics", token="scrape-me").body.decode("utf-8")
+        self.assertEqual(sample_value(text, "a8_registry_instances", namespace="tenant-a"), 2)
+        self.assertEqual(sample_value(text, "a8_registry_instances", namespace="tenant-b"), 1)
+
+    def test_without_token(self):
+        """Without the token (or with an admin JWT instead) /metrics is still 401."""
+        self.assertEqual(self.request(b"GET", "/metrics").code, 401)
+        self.assertEqual(self.request(b"GET", "/metrics",
+                                      token=make_jwt({"namespace": "admin"})).code, 401)

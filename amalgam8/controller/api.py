@@ -118,7 +118,7 @@ class ControllerAPI:
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
     async def metrics(self, request):
-        return metrics_answer(request, self._metrics, self._metrics_token)
+        return metrics_answer(request, self._metrics, self._metrics_token, self._auth)
 
     @app.route("/v1/schema", methods=["GET"])
     @route_name("schema")

@@ -111,7 +111,7 @@ class RegistryAPI:
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
     async def metrics(self, request):
-        return metrics_answer(request, self._metrics, self._metrics_token)
+        return metrics_answer(request, self._metrics, self._metrics_token, self._auth)
 
     @app.route("/openapi.json", methods=["GET"])
     @route_name("openapi")
