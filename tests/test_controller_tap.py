@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.tap import Options, makeService
 from amalgam8.interfaces import IRuleStore
-from tests.helpers import sample_value
+from tests.auth_fallback import AuthFallbackChecks
 
 RULE = {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}
 
@@ -542,73 +542,10 @@ class StoreInterfaceTests(OptionsTestCase):
         self.assertProvides(IService, store)
 
 
-class AuthFallbackTests(OptionsTestCase):
+
+class AuthFallbackTests(AuthFallbackChecks, OptionsTestCase):
     """A weaker auth mode after a stronger one needs --allow-trusted-fallback (issue 10)."""
 
-    CHAINS = ("jwt,trusted", "jwt,default", "trusted,default", "jwt,trusted,default")
-
-    def test_refused(self):
-        """Each fallback chain stops the start with one line saying why and naming the
-        flag, given as an option or in the environment."""
-        for chain in self.CHAINS:
-            text = self.parse_bad(["--auth-mode", chain, "--jwt-secret", "k"],
-                                  names=["--auth-mode", chain, "silent downgrade",
-                                         "--allow-trusted-fallback",
-                                         "A8_ALLOW_TRUSTED_FALLBACK"])
-            self.assertNotIn("Traceback", text)
-        self.parse_bad(environ={"A8_AUTH_MODE": "jwt,trusted", "A8_JWT_SECRET": "k"},
-                       names=["A8_AUTH_MODE (environment)", "silent downgrade"])
-        self.parse_bad(["--auth-mode", "jwt,trusted", "--jwt-secret", "k",
-                        "--allow-trusted-fallback", "false"], names=["silent downgrade"])
-
-    def test_allowed(self):
-        """With the flag (option or environment) each fallback chain is accepted."""
-        for chain in self.CHAINS:
-            options = self.parse(["--auth-mode", chain, "--jwt-secret", "k",
-                                  "--allow-trusted-fallback", "true"])
-            self.assertEqual(",".join(options["auth-mode"]), chain)
-        options = self.parse(environ={"A8_AUTH_MODE": "jwt,trusted", "A8_JWT_SECRET": "k",
-                                      "A8_ALLOW_TRUSTED_FALLBACK": "yes"})
-        self.assertEqual(options["auth-mode"], ("jwt", "trusted"))
-
-    def test_stronger_after_weaker(self):
-        """A chain that only climbs needs no flag."""
-        for chain in ("default,trusted", "trusted,jwt", "default,trusted,jwt"):
-            self.assertEqual(",".join(self.parse(["--auth-mode", chain,
-                                                  "--jwt-secret", "k"])["auth-mode"]), chain)
-
-    def build(self, *argv):
-        self.reactor = MemoryReactorClock()
-        options = self.parse(["--auth-mode", "jwt,trusted", "--jwt-secret", "k",
-                              "--allow-trusted-fallback", "true", "--listen", "tcp:0"]
-                             + list(argv))
-        with capturedLogs() as events:
-            service = makeService(options, reactor=self.reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        return events
-
-    def test_warned(self):
-        """makeService logs one warning naming the fallback chain."""
-        events = self.build()
-        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(len(warnings), 1, events)
-        self.assertEqual(warnings[0]["modes"], "jwt,trusted")
-        self.assertIn("trusted after jwt", warnings[0]["problem"])
-
-    def get(self, path, token):
-        http = StubTreq(self.reactor.tcpServers[0][1].resource)
-        d = http.get("http://controller.test" + path, headers={"authorization": "Bearer " + token})
-        http.flush()
-        response = self.successResultOf(d)
-        return response.code, self.successResultOf(response.text())
-
-    def test_counted(self):
-        """Each request the trusted fallback accepts is counted in /metrics."""
-        self.build("--metrics-token", "scrape")
-        self.assertEqual(self.get("/v1/rules", "tenant-b")[0], 200)
-        self.assertEqual(self.get("/v1/rules", "tenant-c")[0], 200)
-        code, text = self.get("/metrics", "scrape")
-        self.assertEqual(code, 200)
-        self.assertEqual(sample_value(text, "a8_controller_auth_fallback_total", mode="trusted"), 2)
+    make_service = staticmethod(makeService)
+    path = "/v1/rules"
+    prefix = "a8_controller"
