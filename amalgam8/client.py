@@ -5,14 +5,21 @@ by the sidecar, a8ctl and Gremlin. The HTTP client is injected: production passe
 C{HTTPClient} over a pooled C{Agent}, tests a C{StubTreq}.
 """
 
+import ipaddress
 import json
 from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
+                                        TCP6ClientEndpoint, wrapClientTLS)
 from twisted.logger import Logger
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
-__all__ = ["APIError", "Unreachable", "RegistryClient", "ControllerClient", "http_client"]
+__all__ = ["APIError", "Unreachable", "RegistryClient", "ControllerClient", "http_client",
+           "DirectEndpoints"]
 
 
 class APIError(Exception):
@@ -45,8 +52,36 @@ class Unreachable(Exception):
     """The server could not be reached (refused, timed out, reset)."""
 
 
+@implementer(IAgentEndpointFactory)
+class DirectEndpoints:
+    """
+    The endpoints of L{http_client}'s Agent: Agent's own (a C{HostnameEndpoint}, TLS for
+    C{https}), except that an IP address is connected to directly. A C{HostnameEndpoint}
+    reports a refused connection only at its next attempt tick, 0.3 s later, so each retry
+    against a server that is not listening yet (the admin port of a restarting nginx) waited
+    that long.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii").strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port)
+        else:
+            kind = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+            endpoint = kind(self._reactor, host, uri.port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
 def http_client(reactor, persistent=True):
-    """The production HTTP client: treq over a pooled Agent."""
+    """The production HTTP client: treq over a pooled Agent (see L{DirectEndpoints})."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -59,7 +94,7 @@ def http_client(reactor, persistent=True):
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     pool.maxPersistentPerHost = 16
     pool._factory = QuietFactory
-    return HTTPClient(Agent(reactor, pool=pool))
+    return HTTPClient(Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor), pool=pool))
 
 
 def _headers(token, json_body=False, extra=None):

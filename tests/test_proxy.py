@@ -972,6 +972,36 @@ class ProxySwapTests(_ProxyTestMixin, TestCase):
         self.assertEqual({(o.status, o.instance) for o in after}, {(200, "v1a")})
 
 
+class ProxyReadinessTests(_ProxyTestMixin, TestCase):
+    """A proxy that holds no state yet (a fresh or restarted nginx) says so."""
+
+    async def test_not_ready_until_the_first_state(self):
+        """
+        Before the first push every request, the root too, answers 503 with Retry-After and
+        a JSON body (not 404: the destination may well exist), and is logged; after the
+        push the same request is routed.
+        """
+        fixture = await self.start_proxy()
+        for path in ("/reviews/", "/"):
+            outcome = await fixture.request({"path": path})
+            self.assertEqual(outcome.status, 503, outcome)
+            self.assertEqual(outcome.header_values("retry-after"), ["1"])
+            self.assertEqual(outcome.header_values("content-type"), ["application/json"])
+            self.assertEqual(json.loads(outcome.body), {
+                "error": "proxy_not_ready",
+                "description": "the proxy has no routing state yet"})
+        records = await fixture.records(2)
+        self.assertEqual([(r["status"], r["path"]) for r in records],
+                         [(503, "/reviews/"), (503, "/")])
+        for record in records:
+            self.assertRegex(record["request_id"], "^[0-9a-f]{32}$")
+        await self.push(fixture, _route_state("v1"))
+        outcome = await fixture.request({"path": "/reviews/"})
+        self.assertEqual((outcome.status, outcome.instance), (200, "v1a"))
+        outcome = await fixture.request({"path": "/nothing/"})
+        self.assertEqual(outcome.status, 404)
+
+
 class ProxyLogTests(_ProxyTestMixin, TestCase):
     """The access log beyond the cases."""
 

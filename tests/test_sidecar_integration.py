@@ -264,10 +264,11 @@ class MeshTestCase(TestCase):
         return deferLater(reactor, seconds, lambda: None)
 
 
-class MeshTests(MeshTestCase):
+class Mesh(MeshTestCase):
     """
     The mesh: registry, controller, hello:v1 and hello:v2 under register-only sidecars, and
-    a proxy-only caller.
+    a proxy-only caller; the helpers that read and steer it. No tests: L{MeshTests} has the
+    scenarios, and the fault suite (C{tests/faults}) builds on it too.
     """
 
     async def setUp(self):
@@ -425,7 +426,11 @@ class MeshTests(MeshTestCase):
                 self.fail("the route to {} did not show within {} s (answers: {})\n{}"
                           .format(version, timeout, before, self.describe()))
 
-    # -- the scenarios ---------------------------------------------------------------------
+
+
+class MeshTests(Mesh):
+    """The scenarios of the mesh (L{Mesh})."""
+
 
     async def test_route_change_reaches_the_traffic(self):
         """

@@ -60,8 +60,12 @@ class RouteManagerTests(SynchronousTestCase):
         self.pushed = []
         self.push_result = None
         self.push_answer = None
+        self.refused = None         # a list: refuse every push (and count them in it)
 
     def push(self, state):
+        if self.refused is not None:
+            self.refused.append(self.mclock.seconds())
+            return fail(ConnectionRefusedError())
         if self.push_result is not None:
             return self.push_result
         self.pushed.append(json.loads(json.dumps(state)))
@@ -87,6 +91,17 @@ class RouteManagerTests(SynchronousTestCase):
             self.registry_http.flush()
             self.controller_http.flush()
             self.advance(seconds)
+
+    def run_timers(self, seconds):
+        """Advance the manager's clock by C{seconds}, one delayed call at a time."""
+        end = self.mclock.seconds() + seconds
+        while True:
+            due = [c.getTime() for c in self.mclock.getDelayedCalls()
+                   if c.getTime() <= end]
+            if not due:
+                break
+            self.mclock.advance(max(0, min(due) - self.mclock.seconds()))
+        self.mclock.advance(end - self.mclock.seconds())
 
     def register(self, value="10.0.0.1:80", tags=("v1",)):
         self.successResultOf(self.registry_http.post(
@@ -181,6 +196,53 @@ class RouteManagerTests(SynchronousTestCase):
         manager.proxy_restarted()
         self.settle()
         self.assertEqual(len(self.pushed), count + 1)
+
+    def test_restarted_proxy_polled_until_it_answers(self):
+        """
+        After a restart the state is pushed at once, and while the new proxy's admin port
+        refuses, again every 25 ms (not after a growing delay): it is taken as soon as the
+        proxy listens.
+        """
+        manager = self.start()
+        count = len(self.pushed)
+        self.refused = []
+        manager.proxy_restarted()
+        started = self.mclock.seconds()
+        self.run_timers(0.21)
+        self.assertEqual([round(t - started, 3) for t in self.refused],
+                         [round(0.025 * n, 3) for n in range(9)])
+        self.refused = None
+        self.run_timers(0.025)
+        self.assertEqual(len(self.pushed), count + 1)
+        self.assertEqual(manager.push_failures, 9)
+
+    def test_retries_back_off_once_the_proxy_is_up_a_while(self):
+        """Refused pushes long after a (re)start back off: 0.05, 0.1, 0.2 s... up to 2 s."""
+        manager = self.start()
+        self.advance(5)
+        self.refused = []
+        self.add_rule(route_rule("r1"))
+        self.settle(0)
+        started = self.refused[0]
+        self.run_timers(2)
+        self.assertEqual([round(t - started, 3) for t in self.refused],
+                         [0, 0.05, 0.15, 0.35, 0.75, 1.55])
+        self.assertEqual(manager.push_failures, 6)
+
+    def test_restart_cuts_a_retry_wait_short(self):
+        """A push waiting out its backoff goes out at once when the proxy restarts."""
+        manager = self.start()
+        self.advance(5)
+        self.refused = []
+        self.add_rule(route_rule("r1"))
+        self.settle(0)
+        self.run_timers(0.5)     # refused at 0, 0.05, 0.15, 0.35: next at 0.75
+        self.assertEqual(len(self.refused), 4)
+        self.refused = None
+        manager.proxy_restarted()
+        self.assertEqual([r["id"] for r in self.pushed[-1]["rules"]], ["r1"])
+        manager.stopService()
+        self.assertEqual(self.mclock.getDelayedCalls(), [])
 
     def test_push_failure_retried(self):
         """A push the proxy refuses is retried until it is taken."""

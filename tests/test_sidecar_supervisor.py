@@ -102,42 +102,53 @@ class ProxyTests(SupervisorTestsMixin, SynchronousTestCase):
 
     def test_restart_backoff(self):
         """
-        A proxy that keeps dying is restarted after 1, 2, 4, 8, 16, 30, 30 seconds, and each
-        restart is counted.
+        A proxy that keeps dying is restarted at once, then after 0.1, 0.2, 0.4... seconds up
+        to 30, and each restart is counted.
         """
         self.supervisor.add_proxy(NGINX)
         self.supervisor.startService()
-        for n, delay in enumerate([1, 2, 4, 8, 16, 30, 30], start=1):
+        delays = [0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 30, 30]
+        for n, delay in enumerate(delays, start=1):
             self.last("proxy").end(1)
-            self.reactor.advance(delay - 0.001)
-            self.assertEqual(len(self.spawned("proxy")), n, "restarted before {}s".format(delay))
-            self.reactor.advance(0.001)
+            if delay:
+                self.reactor.advance(delay - 0.001)
+                self.assertEqual(len(self.spawned("proxy")), n,
+                                 "restarted before {}s".format(delay))
+                self.reactor.advance(0.002)     # the clock's sums are not exact
+            else:
+                self.assertEqual(len(self.spawned("proxy")), n, "restarted inside the exit")
+                self.reactor.advance(0)
             self.assertEqual(len(self.spawned("proxy")), n + 1, "not restarted after {}s"
                              .format(delay))
             self.assertEqual(self.supervisor.proxy_restarts, n)
 
     def test_backoff_resets_after_staying_up(self):
-        """A proxy that stayed up 10 seconds is restarted after 1 second again."""
+        """A proxy that stayed up 10 seconds is restarted at once again."""
         self.supervisor.add_proxy(NGINX)
         self.supervisor.startService()
-        for delay in (1, 2, 4):
+        for delay in (0, 0.1, 0.2):
             self.last("proxy").end(signal=signal.SIGKILL)
             self.reactor.advance(delay)
         self.assertEqual(len(self.spawned("proxy")), 4)
         self.reactor.advance(10)
         self.last("proxy").end(1)
-        self.reactor.advance(1)
+        self.reactor.advance(0)
         self.assertEqual(len(self.spawned("proxy")), 5)
+        self.last("proxy").end(1)
+        self.reactor.advance(0.099)
+        self.assertEqual(len(self.spawned("proxy")), 5, "a second crash in a row backs off")
+        self.reactor.advance(0.001)
+        self.assertEqual(len(self.spawned("proxy")), 6)
 
     def test_a_short_run_keeps_the_backoff(self):
         """A proxy that lived less than 10 seconds does not reset the backoff."""
         self.supervisor.add_proxy(NGINX)
         self.supervisor.startService()
         self.last("proxy").end(1)
-        self.reactor.advance(1)
+        self.reactor.advance(0)
         self.reactor.advance(9.5)
         self.last("proxy").end(1)
-        self.reactor.advance(1.999)
+        self.reactor.advance(0.099)
         self.assertEqual(len(self.spawned("proxy")), 2)
         self.reactor.advance(0.001)
         self.assertEqual(len(self.spawned("proxy")), 3)
@@ -151,7 +162,7 @@ class ProxyTests(SupervisorTestsMixin, SynchronousTestCase):
         self.assertEqual(calls, [1])
         self.last("proxy").end(1)
         self.assertEqual(calls, [1])
-        self.reactor.advance(1)
+        self.reactor.advance(0)
         self.assertEqual(calls, [1, 2])
 
     def test_on_start_failure_is_logged(self):
@@ -166,12 +177,15 @@ class ProxyTests(SupervisorTestsMixin, SynchronousTestCase):
         self.supervisor.add_proxy(NGINX)
         self.reactor.spawn_error = FileNotFoundError(2, "No such file or directory")
         self.supervisor.startService()
-        self.reactor.advance(1)
-        self.reactor.advance(2)
+        self.reactor.advance(0)
+        self.assertEqual(self.supervisor.proxy_restarts, 1)
+        self.reactor.advance(0.1)
         self.assertEqual(self.supervisor.proxy_restarts, 2)
         self.assertEqual(self.supervisor.state()[0]["last_exit"], 127)
+        self.reactor.advance(0.199)
+        self.assertEqual(self.supervisor.proxy_restarts, 2)
         self.reactor.spawn_error = None
-        self.reactor.advance(4)
+        self.reactor.advance(0.001)
         self.assertEqual(len(self.spawned("proxy")), 1)
         self.assertTrue(self.supervisor.state()[0]["running"])
 
@@ -731,18 +745,28 @@ class PolicyTests(SynchronousTestCase):
     """The per-kind exit policies, apart from spawning and signalling."""
 
     def test_restart_with_backoff(self):
-        """Each exit restarts after twice the previous delay, up to the cap."""
+        """
+        The first exit restarts at once; each further exit in a row after twice the previous
+        delay (from min_delay), up to the cap.
+        """
         policy = RestartWithBackoff(min_delay=1, max_delay=5, reset_after=10)
-        self.assertEqual([policy.after_exit(1, 0.5) for _ in range(5)],
-                         [AfterExit("restart", d) for d in (1, 2, 4, 5, 5)])
+        self.assertEqual([policy.after_exit(1, 0.5) for _ in range(6)],
+                         [AfterExit("restart", d) for d in (0, 1, 2, 4, 5, 5)])
         self.assertEqual(policy.name, "restart")
 
+    def test_restart_backoff_defaults(self):
+        """By default repeated crashes back off from 0.1 s to 30 s; 10 s up is stable."""
+        policy = RestartWithBackoff()
+        self.assertEqual((policy.min_delay, policy.max_delay, policy.reset_after),
+                         (0.1, 30.0, 10.0))
+
     def test_restart_backoff_resets(self):
-        """A run of reset_after seconds starts the backoff again."""
+        """A run of reset_after seconds is stable: the next exit restarts at once again."""
         policy = RestartWithBackoff(min_delay=1, max_delay=30, reset_after=10)
         policy.after_exit(1, 0)
         policy.after_exit(1, 0)
-        self.assertEqual(policy.after_exit(0, 10), AfterExit("restart", 1))
+        self.assertEqual(policy.after_exit(0, 10), AfterExit("restart", 0))
+        self.assertEqual(policy.after_exit(0, 9.9), AfterExit("restart", 1))
         self.assertEqual(policy.after_exit(0, 9.9), AfterExit("restart", 2))
 
     def test_on_exit(self):

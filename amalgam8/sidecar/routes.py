@@ -9,6 +9,12 @@ C{A8-Index}), that side falls back to polling every C{poll} seconds. A server th
 leaves the proxy on its last state: the proxy is never pushed an empty state it did not
 get from the servers, and nothing is pushed before both sides were read once.
 
+A push the proxy does not take is retried after 0.05, 0.1, 0.2... up to 2 s; but a proxy
+that was (re)started within the last L{STARTING} seconds (L{RouteManager.proxy_restarted},
+the supervisor's callback after each spawn of nginx) is pushed at once and retried every
+L{STARTING_POLL} seconds until its admin port answers, and a retry that was waiting goes
+out at once: a restarted nginx holds no state and answers 503 until it has been pushed.
+
 The proxy skips a rule it cannot compile and names it in its answer (C{"rejected"}); each
 newly rejected rule is logged once (a warning with C{rule_id} and C{error}), and the status reports list every
 rule rejected by the last push.
@@ -29,6 +35,16 @@ __all__ = ["RouteManager"]
 
 WAIT = 30.0
 _RUNNING = object()
+
+PUSH_RETRY = 0.05
+"""A push the proxy did not take is retried after this many seconds, doubling..."""
+PUSH_RETRY_MAX = 2.0
+"""...up to this."""
+STARTING_POLL = 0.025
+"""While a proxy (re)started less than L{STARTING} seconds ago does not answer yet, its
+admin port is tried this often instead: it answers empty-handed (503 to every request) until
+the first push, so the push goes out as soon as it listens."""
+STARTING = 5.0
 
 
 class _Side:
@@ -90,6 +106,8 @@ class RouteManager(Service):
         self.rejected = ()          # ((rule id, error), ...) skipped by the last push
         self._first = []
         self._first_done = False
+        self._spawned_at = None     # when the proxy was last (re)started
+        self._pause = None          # (IDelayedCall, Deferred) of a push waiting to retry
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,7 +215,11 @@ class RouteManager(Service):
                 self._push_call = self._clock.callLater(self._coalesce - since, self._push)
 
     def proxy_restarted(self):
-        """The proxy came (back) up empty: push the current state again at once."""
+        """
+        The proxy came (back) up empty: push the current state again at once, and retry
+        every L{STARTING_POLL} seconds until its admin port answers.
+        """
+        self._spawned_at = self._clock.seconds()
         self._dirty = True
         if self._rules.value is None or self._instances.value is None:
             return
@@ -206,6 +228,26 @@ class RouteManager(Service):
         self._push_call = None
         if self._pushing is None:
             self._push_call = self._clock.callLater(0, self._push)
+        else:
+            self._retry_now()
+
+    def _starting(self):
+        return (self._spawned_at is not None
+                and self._clock.seconds() - self._spawned_at < STARTING)
+
+    def _wait_to_retry(self, seconds):
+        """A Deferred fired after C{seconds}, or sooner by L{_retry_now}."""
+        waiting = Deferred(lambda _: call.cancel())
+        call = self._clock.callLater(seconds, waiting.callback, None)
+        self._pause = (call, waiting)
+        return waiting
+
+    def _retry_now(self):
+        """A push waiting to retry (a proxy that was down) goes out at once."""
+        pause, self._pause = self._pause, None
+        if pause is not None and pause[0].active():
+            pause[0].cancel()
+            pause[1].callback(None)
 
     def state(self):
         """What the proxy should hold now."""
@@ -223,7 +265,8 @@ class RouteManager(Service):
         pushing.addErrback(self._loop_failed)
 
     async def _push_now(self, versions):
-        delay = 0.05
+        delay = PUSH_RETRY
+        failures = 0
         try:
             while True:
                 try:
@@ -233,13 +276,20 @@ class RouteManager(Service):
                     raise
                 except Exception as e:
                     self.push_failures += 1
-                    self.log.warn("cannot push the state to the proxy: {error}", error=str(e))
-                    await deferLater(self._clock, delay, lambda: None)
-                    delay = min(delay * 2, 2.0)
+                    failures += 1
+                    if failures == 1 or failures % 10 == 0:
+                        self.log.warn("cannot push the state to the proxy ({failures} "
+                                      "failures): {error}", failures=failures, error=str(e))
+                    if self._starting():
+                        await self._wait_to_retry(STARTING_POLL)
+                    else:
+                        await self._wait_to_retry(delay)
+                        delay = min(delay * 2, PUSH_RETRY_MAX)
                     versions = (self._rules.version, self._instances.version)
                     self._dirty = False
         finally:
             self._pushing = None
+            self._pause = None
         self.pushes += 1
         self.pushed = versions
         self.applied_at = self._clock.seconds()

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_sidecar_supervisor -*-
 """
-The sidecar's children: the proxy (nginx), restarted with backoff whenever it dies, and the
-apps of SPEC A5 (C{commands[]} and the trailing argv), started only once the proxy holds its
+The sidecar's children: the proxy (nginx), restarted whenever it dies (at once, with backoff
+only while it keeps dying), and the apps of SPEC A5 (C{commands[]} and the trailing argv), started only once the proxy holds its
 first state (SPEC B4) and never restarted.
 
 Why not L{twisted.runner.procmon.ProcessMonitor}: it restarts every child, signals only the
@@ -9,7 +9,7 @@ child's pid, sends TERM then KILL to everyone, and its C{stopService} does not w
 exits. Here apps follow their C{on_exit} policy, C{kill_group} children are signalled as a
 whole process group, nginx is stopped with QUIT (graceful) before TERM (fast) and KILL, and
 stopping waits for every child. The shape is ProcessMonitor's otherwise: the reactor is
-injected, restarts back off exponentially, and a stop escalates after a grace period.
+injected, repeated restarts back off exponentially, and a stop escalates after a grace period.
 
 Process groups (C{kill_group: true}): Twisted's C{spawnProcess} has no C{preexec_fn}, so the
 child is run through C{setsid(1)} (util-linux, which is C{Essential: yes} on Debian 12, hence
@@ -126,14 +126,17 @@ class AfterExit:
 @attrs.define
 class RestartWithBackoff:
     """
-    The proxy's policy: restart it whenever it dies, after C{min_delay} seconds, doubling up
-    to C{max_delay} while it keeps dying; a run of C{reset_after} seconds or more starts the
-    backoff again from C{min_delay}. One instance per child (it holds the next delay).
+    The proxy's policy: restart it whenever it dies. A crash after a stable run (and the
+    first crash) restarts it at once: traffic through a proxy that died once must come back
+    within a second. Only repeated crashes back off: the next one after C{min_delay}
+    seconds, doubling up to C{max_delay} while it keeps dying; a run of C{reset_after}
+    seconds or more counts as stable again. One instance per child (it holds the next
+    delay).
     """
 
     name = "restart"
 
-    min_delay: float = 1.0
+    min_delay: float = 0.1
     max_delay: float = 30.0
     reset_after: float = 10.0
     _delay: float = attrs.field(init=False, default=None)
@@ -145,9 +148,11 @@ class RestartWithBackoff:
         @return: an L{AfterExit} C{restart} with the delay.
         """
         if self._delay is None or uptime >= self.reset_after:
+            delay = 0.0
             self._delay = self.min_delay
-        delay = self._delay
-        self._delay = min(delay * 2, self.max_delay)
+        else:
+            delay = self._delay
+            self._delay = min(delay * 2, self.max_delay)
         return AfterExit("restart", delay)
 
 
@@ -267,17 +272,17 @@ class Supervisor(Service):
     Stopping (L{stopService}) stops the apps, then the proxy, and fires when every child has
     exited; nothing is restarted once a stop began.
 
-    @ivar min_restart_delay: the proxy's first restart delay, in seconds (the default of
-        its L{RestartWithBackoff}).
+    @ivar min_restart_delay: the proxy's restart delay after a second crash in a row, in
+        seconds (the default of its L{RestartWithBackoff}; the first crash restarts it at
+        once).
     @ivar max_restart_delay: the restart delay doubles up to this.
-    @ivar reset_after: a proxy that stayed up this long restarts after C{min_restart_delay}
-        again.
+    @ivar reset_after: a proxy that stayed up this long is restarted at once again.
     @ivar output_linger: after a child exited, how long to wait for the end of its output
         before closing our ends of its pipes (a grandchild may hold them open).
     """
 
     log = Logger()
-    min_restart_delay = 1.0
+    min_restart_delay = 0.1
     max_restart_delay = 30.0
     reset_after = 10.0
     output_linger = 1.0
@@ -318,8 +323,8 @@ class Supervisor(Service):
     def add_proxy(self, argv, env=None, path=None, on_start=None, name="proxy",
                   kill_group=False, policy=None):
         """
-        The proxy: spawned when the service starts (at once if it runs), restarted with
-        exponential backoff whenever it dies; C{on_start()} is called after each spawn.
+        The proxy: spawned when the service starts (at once if it runs), restarted whenever
+        it dies (at once, then with exponential backoff while it keeps dying); C{on_start()} is called after each spawn.
 
         With C{kill_group}, it runs as the leader of its own process group, and whenever it
         exits whatever is left of that group is killed before the restart: nginx workers

@@ -18,6 +18,19 @@ local _M = {}
 -- reset_timedout_connection on (nginx.conf), the close is a reset.
 local RESET = 444
 
+-- The answer before the first state was pushed to this nginx (at start, and after a
+-- restart until the sidecar pushes again): no destination is known yet, so a 404 would be
+-- a lie clients do not retry.
+local NOT_READY = '{"error":"proxy_not_ready","description":"the proxy has no routing state yet"}'
+
+local function not_ready()
+    ngx.status = 503
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Retry-After"] = "1"
+    ngx.say(NOT_READY)
+    return ngx.exit(503)
+end
+
 local function headers_match(headers)
     if not headers then return true end
     for i = 1, #headers do
@@ -184,6 +197,9 @@ function _M.route()
     end
     var.a8_request_id = rid
     var.a8_dst = dest
+    if not state.loaded() then
+        return not_ready()
+    end
     if dest == "" then
         return ngx.exit(404)
     end

@@ -99,6 +99,11 @@ function _M.init_worker()
     if not ok then ngx.log(ngx.ERR, "amalgam8: cannot start the state timer: ", err) end
 end
 
+-- Whether a state was ever stored in this nginx (a restarted nginx starts without one).
+function _M.loaded()
+    return shared:get("version") ~= nil
+end
+
 function _M.version()
     return shared:get("version") or 0, shared:get("applied_at")
 end

@@ -19,6 +19,13 @@ class _Server(ThreadingMixIn, HTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # A caller killed mid-request (a SIGKILLed nginx resets its keepalive connections)
+        # is no error of the app's: no traceback for it.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        HTTPServer.handle_error(self, request, client_address)
+
 
 class _Stop(Exception):
     """Raised in the main thread by the signal handler: leave serve_forever."""

@@ -109,6 +109,14 @@ function ngx.exit(code)
     return code
 end
 
+-- What a handler wrote as the response body (ngx.say adds a newline).
+_M.body = ""
+
+function ngx.say(...)
+    _M.body = _M.body .. table.concat({...}) .. "\n"
+    return 1
+end
+
 package.loaded["ngx.balancer"] = {
     set_current_peer = function(host, port)
         _M.peers[#_M.peers + 1] = host .. ":" .. port
@@ -157,6 +165,7 @@ function _M.new_request(vars)
     for k in pairs(ngx.var) do ngx.var[k] = nil end
     for k, v in pairs(vars or {}) do ngx.var[k] = v end
     _M.exits, _M.sleeps = {}, {}
+    ngx.header, ngx.status, _M.body = {}, 0, ""
 end
 
 -- An instance as the compile step makes it.

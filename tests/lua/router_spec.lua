@@ -162,6 +162,23 @@ describe("router", function()
         assert.is_true(seen["10.0.0.1:80"] and seen["10.0.0.2:80"] and seen["10.0.0.3:80"])
     end)
 
+    it("answers 503 proxy_not_ready, with Retry-After, before the first state", function()
+        for _, path in ipairs({"/reviews/", "/", "/nothing/x"}) do
+            assert.are.equal(503, select(2, request(path)))
+            assert.are.equal(503, ngx.status)
+            assert.are.equal("1", ngx.header["Retry-After"])
+            assert.are.equal("application/json", ngx.header["Content-Type"])
+            assert.are.same({error = "proxy_not_ready",
+                             description = "the proxy has no routing state yet"},
+                            cjson.decode(stub.body))
+            assert.is_nil(ngx.ctx.a8_backend)
+            assert.are.equal(32, #ngx.var.a8_request_id)
+        end
+        push()
+        assert.is_table((request("/reviews/")))
+        assert.are.equal(404, select(2, request("/nothing/")))
+    end)
+
     it("answers 404 for an unknown destination and the root", function()
         push()
         assert.are.equal(404, select(2, request("/nothing/")))
