@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -378,6 +379,28 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertEqual(sidecar.exit_code, 127)
         self.assertEqual(self.registered(), [])
         self.assertFalse(sidecar.part("registration").running)
+
+    def test_app_that_cannot_start_before_the_reactor_runs(self):
+        """twistd starts the services before the reactor runs: an app that cannot be run
+        then still stops the reactor, as soon as it runs (no sidecar left running)."""
+        self.reactor.running = False
+        stops = []
+
+        def stop():
+            if not self.reactor.running:
+                raise ReactorNotRunning()
+            stops.append(True)
+
+        self.reactor.stop = stop
+        self.reactor.spawn_error = FileNotFoundError(2, "No such file or directory")
+        sidecar = self.sidecar(app=("/nonexistent/app",), A8_PROXY="false")
+        sidecar.startService()
+        self.assertEqual((sidecar.exit_code, stops), (127, []))
+        self.reactor.running = True
+        for hook, args, kwargs in self.reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertEqual(stops, [True])
+        self.assertEqual(self.registered(), [])
 
     def test_debug_listener(self):
         """The debug API listens on 127.0.0.1 at A8_DEBUG_PORT once the sidecar starts."""

@@ -154,10 +154,16 @@ class AppExit:
             return
         self.code = code
         self.log.info("the app exited with {code}; stopping the sidecar", code=code)
+        # An app that cannot be run ends while twistd starts the services, before the
+        # reactor runs: stopping then would raise ReactorNotRunning and the sidecar would
+        # run on. callWhenRunning stops it at once if it runs, else as soon as it does.
+        self._reactor.callWhenRunning(self._stop)
+
+    def _stop(self):
         try:
             self._reactor.stop()
         except ReactorNotRunning:
-            pass
+            pass                        # already stopping (a signal came first)
 
 
 class SidecarService(MultiService):
