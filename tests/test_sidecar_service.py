@@ -4,6 +4,7 @@ started and stopped in the order SPEC B4 asks for, with a fake process reactor, 
 process-group signaller and in-memory servers.
 """
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
-from twisted.internet.error import ReactorNotRunning
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -409,6 +410,22 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         sidecar.startService()
         self.assertEqual([(port, interface) for port, _, _, interface
                           in self.reactor.tcpServers], [(7000, "127.0.0.1")])
+
+    def test_debug_port_in_use(self):
+        """A debug port in use stops the start (before any app runs): one line, exit 2."""
+        def in_use(port, factory, backlog=50, interface=""):
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        self.reactor.listenTCP = in_use
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        sidecar = self.sidecar(A8_DEBUG_PORT="7000")
+        error = self.assertRaises(SystemExit, sidecar.privilegedStartService)
+        self.assertEqual(error.code, 2)
+        [line] = stderr.getvalue().splitlines()
+        self.assertTrue(line.startswith("a8sidecar: cannot listen: "), line)
+        self.assertIn("7000", line)
+        self.assertEqual(self.reactor.processes, [])
 
     def test_reopen_logs_signals_nginx(self):
         """After a rotation, nginx's master (not its group) gets SIGUSR1."""

@@ -31,7 +31,7 @@ import tempfile
 import uuid
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
@@ -47,6 +47,7 @@ from amalgam8.sidecar.registration import Registrar
 from amalgam8.sidecar.routes import RouteManager
 from amalgam8.sidecar.supervisor import ProcessGroupSignaller, Supervisor
 from amalgam8.sidecar.tracelog import TraceShipper
+from amalgam8.settings import ServerService
 from amalgam8.web import A8Site
 
 __all__ = ["SidecarService", "ProxyService", "AppsService", "AppExit", "GATED", "STOP_ORDER"]
@@ -166,10 +167,11 @@ class AppExit:
             pass                        # already stopping (a signal came first)
 
 
-class SidecarService(MultiService):
+class SidecarService(ServerService):
     """
     The sidecar's parts as child services (see the module docstring); built by
-    L{from_config}.
+    L{from_config}. As a L{ServerService}, a debug port in use stops the start (before any
+    app runs) with one line and exit status 2.
     """
 
     log = Logger()
@@ -184,7 +186,7 @@ class SidecarService(MultiService):
         @param proxy_id: this proxy's id in the status reports (SPEC B2).
         @param propagation_delay: seconds between the deregistration and the apps' stop.
         """
-        MultiService.__init__(self)
+        ServerService.__init__(self, "a8sidecar")
         self._reactor = reactor
         self.config = config
         self.supervisor = supervisor
@@ -247,6 +249,7 @@ class SidecarService(MultiService):
                 serverFromString(reactor, "tcp:{}:interface=127.0.0.1".format(
                     config.debug_port)),
                 A8Site(DebugAPI(sidecar).resource()))
+            debug._raiseSynchronously = True    # a port in use fails the start
             debug.setName("debug")
             debug.setServiceParent(sidecar)
 
@@ -276,6 +279,7 @@ class SidecarService(MultiService):
         return self._app_exit.code
 
     # -- start -----------------------------------------------------------------------------
+
 
     def startService(self):
         """Start the ungated parts in order; the gated ones once the proxy has its state."""
