@@ -340,6 +340,34 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertIn(runtime, self.reactor.processes[0].args)
         self.assertEqual(sidecar.part("traces").path, os.path.join(runtime, "access.log"))
 
+    def stop(self, sidecar):
+        """Stop C{sidecar} to the end, nginx and the app leaving when told."""
+        stopping = sidecar.stopService()
+        for _ in range(40):
+            for process in self.reactor.processes:
+                if process.running and process.signals:
+                    process.end(exitCode=0)
+            self.settle(0.1, rounds=1)
+        self.successResultOf(stopping)
+
+    def test_runtime_directory_made_is_removed_after_the_stop(self):
+        """The runtime directory the sidecar made itself goes once nginx has stopped."""
+        sidecar = self.sidecar(A8_RUNTIME_DIR="")
+        sidecar.startService()
+        self.settle()
+        [runtime] = self.made
+        self.assertTrue(os.path.isdir(runtime))
+        self.stop(sidecar)
+        self.assertFalse(os.path.exists(runtime))
+
+    def test_given_runtime_directory_stays_after_the_stop(self):
+        """A8_RUNTIME_DIR, the operator's, is never removed."""
+        sidecar = self.sidecar()
+        sidecar.startService()
+        self.settle()
+        self.stop(sidecar)
+        self.assertTrue(os.path.isfile(os.path.join(self.runtime, "nginx.conf")))
+
     def test_given_runtime_directory_made_at_start(self):
         """A8_RUNTIME_DIR is created at the proxy's start, not by the builder."""
         sidecar = self.sidecar()

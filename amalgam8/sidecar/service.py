@@ -25,6 +25,7 @@ manager and trace shipping stop, nginx drains and stops (QUIT), then the supervi
 that overruns the deadline is cut short and logged, and the next one runs.
 """
 
+import shutil
 import signal
 import socket
 import tempfile
@@ -68,7 +69,8 @@ class ProxyService(Service):
     nginx, run by the supervisor. Starting makes the runtime directory (C{runtime_dir}, or
     a new temporary one from C{make_directory}), writes nginx.conf into it and hands nginx
     to the supervisor (restarted with backoff, as the leader of its own process group);
-    stopping drains nginx (QUIT, then TERM and KILL, within the supervisor's deadline).
+    stopping drains nginx (QUIT, then TERM and KILL, within the supervisor's deadline), then
+    removes the runtime directory if this service made it (never C{runtime_dir}).
 
     @ivar config: the L{ProxyConfig}, L{None} until the service has started.
     """
@@ -90,6 +92,7 @@ class ProxyService(Service):
         self._on_start = on_start
         self._make_directory = make_directory
         self.config = None
+        self.made_directory = None      # the runtime directory this service made itself
 
     @property
     def access_log_path(self):
@@ -101,8 +104,11 @@ class ProxyService(Service):
         if self.config is not None:
             return                      # started before: nginx is the supervisor's already
         settings = self._settings
+        runtime_dir = settings.runtime_dir
+        if not runtime_dir:
+            runtime_dir = self.made_directory = self._make_directory()
         self.config = ProxyConfig(
-            runtime_dir=settings.runtime_dir or self._make_directory(),
+            runtime_dir=runtime_dir,
             port=settings.proxy_port, address=settings.proxy_address,
             admin_port=settings.proxy_admin_port, workers=settings.proxy_workers,
             service_name=settings.service_name, service_tags=settings.service_tags)
@@ -113,7 +119,17 @@ class ProxyService(Service):
 
     def stopService(self):
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._supervisor.stop_proxy())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        await self._supervisor.stop_proxy()
+        # nginx has stopped: the temporary runtime directory goes with it (one the operator
+        # named in A8_RUNTIME_DIR stays, with its logs).
+        if self.made_directory is not None:
+            shutil.rmtree(self.made_directory, ignore_errors=True)
+            self.log.info("removed the runtime directory {runtime_dir}",
+                          runtime_dir=self.made_directory)
+            self.made_directory = None
 
     def reopen_logs(self):
         """Ask nginx to reopen its log files (after a rotation of the access log)."""
