@@ -127,13 +127,18 @@ def parse_url(text):
     value = str(text).strip()
     if not value:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as e:             # 'http://[::1': Invalid IPv6 URL
+        raise ValueError("{!r} is not a URL: {}".format(text, e))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("{!r} is not an http(s) URL".format(text))
     try:
-        parts.port
+        port = parts.port
     except ValueError:
-        raise ValueError("{!r} has a bad port".format(text))
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("{!r} has a bad port (1-65535)".format(text))
     return value.rstrip("/")
 
 
@@ -293,6 +298,11 @@ def _read_yaml(path, source):
     except yaml.YAMLError as e:
         raise SettingError("{}: {} is not valid YAML ({})".format(
             source, path, str(e).splitlines()[0]), "config", source)
+    except UnicodeDecodeError:
+        raise SettingError("{}: {} is not UTF-8 text".format(source, path), "config", source)
+    except RecursionError:
+        raise SettingError("{}: {} is nested too deeply".format(source, path),
+                           "config", source)
     if data is None:
         return {}
     if not isinstance(data, dict):

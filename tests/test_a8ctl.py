@@ -497,6 +497,29 @@ class RuleTests(A8ctlTestCase):
             "rule-create", "-f", self.write(".yaml", "a: [b")))
         self.assertIn("holds no rules", self.fails(
             "rule-create", "-f", self.write(".yaml", "42")))
+        self.assertEqual(self.fails("rule-create", "-f", self.write(
+            ".yaml", "rules: " + "[" * 10000 + "]" * 10000 + "\n")),
+            "a8ctl: the input is nested too deeply")
+        self.assertEqual(self.http.requests, [])
+
+    def test_bad_urls_and_config(self):
+        """A server URL with a port out of range (0 too) or a deeply nested or binary
+        A8_CONFIG is a bad setting: one line, exit 2, no request sent."""
+        deep = self.write(".yaml", "a: " + "[" * 10000 + "]" * 10000 + "\n")
+        binary = self.write(".yaml", "")
+        with open(binary, "wb") as f:
+            f.write(b"\xcb\xff\x00" * 20)
+        for environ, words in (
+                ({"A8_REGISTRY_URL": "http://localhost:0"}, "has a bad port (1-65535)"),
+                ({"A8_REGISTRY_URL": "http://localhost:70000"}, "has a bad port"),
+                ({"A8_CONTROLLER_URL": "http://[::1"}, "is not a URL"),
+                ({"A8_CONFIG": deep}, "is nested too deeply"),
+                ({"A8_CONFIG": binary}, "is not UTF-8 text")):
+            code, out, err = self.a8ctl("service-list", environ=environ)
+            self.assertEqual(code, 2, err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertTrue(err.startswith("a8ctl: "), err)
+            self.assertIn(words, err)
         self.assertEqual(self.http.requests, [])
 
     def test_update(self):

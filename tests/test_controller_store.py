@@ -94,6 +94,21 @@ class FileStoreStartTests(SynchronousTestCase):
         self.assertEqual(store.namespaces(), [])
         self.assertFalse(os.path.exists(self.path))
 
+    def test_leftover_temporary_files_removed(self):
+        """The temporary files of writes cut short by a crash are removed at the start;
+        the rule file and other files stay."""
+        self.write(json.dumps({"format": "amalgam8-rules/1", "namespaces": {}}).encode())
+        for name in (".rules-abc123", ".rules-x"):
+            with open(os.path.join(self.directory, name), "w") as f:
+                f.write("{half a wri")
+        os.makedirs(os.path.join(self.directory, ".rules-dir"))
+        with open(os.path.join(self.directory, "notes.txt"), "w") as f:
+            f.write("mine")
+        store = FileStore(self.path)
+        self.assertEqual(store.namespaces(), [])
+        self.assertEqual(sorted(os.listdir(self.directory)),
+                         [".rules-dir", "notes.txt", "rules.json"])
+
     def test_missing_directory(self):
         """A path in a directory that does not exist is refused."""
         self.assertRaises(StoreCorrupt, FileStore, os.path.join(self.directory, "no", "r"))

@@ -141,6 +141,27 @@ class ErrorTests(Files, SynchronousTestCase):
             self.assertIn(words, str(error))
             self.assertNotIn("\n", str(error))
 
+    def test_binary_and_deep_files(self):
+        """A binary file and YAML nested 10,000 deep: one line each, not a traceback."""
+        binary = self.mktemp()
+        with open(binary, "wb") as f:
+            f.write(b"\xcb\x00\xff\xfe" * 50)
+        deep = self.yaml("a: " + "[" * 10000 + "]" * 10000 + "\n")
+        for path, words in ((binary, "is not UTF-8 text"), (deep, "is nested too deeply")):
+            error = self.assertRaises(SettingError, load, TABLE, {}, {"A8_CONFIG": path})
+            self.assertEqual(str(error), "A8_CONFIG (environment): {} {}".format(path, words))
+            self.assertEqual(error.setting, "config")
+
+    def test_url(self):
+        """A URL that cannot be split, or with port 0 or out of range, is refused."""
+        for text, words in (("http://[::1", "is not a URL: Invalid IPv6 URL"),
+                            ("http://h:0", "has a bad port (1-65535)"),
+                            ("http://h:65536", "has a bad port (1-65535)"),
+                            ("http://h:x", "has a bad port (1-65535)")):
+            error = self.assertRaises(ValueError, settings.parse_url, text)
+            self.assertEqual(str(error), "{!r} {}".format(text, words))
+        self.assertEqual(settings.parse_url("http://[::1]:80/"), "http://[::1]:80")
+
     def test_one_line(self):
         """A message with line breaks is one line."""
         self.assertEqual(str(SettingError("a\nb")), "a b")

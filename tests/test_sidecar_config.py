@@ -110,6 +110,47 @@ class LoadTests(SynchronousTestCase):
         self.bad(dict(BASE, A8_PROXY_PORT="0"), "A8_PROXY_PORT")
         self.bad(dict(BASE, A8_PROXY_ADMIN_PORT="0"), "A8_PROXY_ADMIN_PORT")
 
+    def test_bad_service(self):
+        """An empty tag (C{a:}, C{a:v1,,v2}) is a typo, refused; no colon is no tags."""
+        self.bad(dict(BASE, A8_SERVICE="a:"), "A8_SERVICE (environment): 'a:' has an empty tag")
+        self.bad(dict(BASE, A8_SERVICE="a:v1,,v2"), "'a:v1,,v2' has an empty tag")
+        self.bad(dict(BASE, A8_SERVICE="a:v1, ,v2"), "has an empty tag")
+        self.bad(dict(BASE, A8_SERVICE="a:v 1"), "a tag with a space")
+        config = load({}, dict(BASE, A8_SERVICE="a"))
+        self.assertEqual((config.service_name, config.service_tags), ("a", ()))
+        config = load({}, dict(BASE, A8_SERVICE="a: v1 ,v2"))
+        self.assertEqual(config.service_tags, ("v1", "v2"))
+
+    def test_endpoint_host(self):
+        """An address or a host name; anything else is refused."""
+        for host in ("a b", "a/b", "-a", "a..b", "http://a", "a_b" + "x" * 70):
+            self.bad(dict(BASE, A8_ENDPOINT_HOST=host), "A8_ENDPOINT_HOST (environment): "
+                     "{!r} is not an IP address or host name".format(host))
+        for host in ("10.0.0.5", "::1", "reviews-v1.default.svc", "host_1", "example.com."):
+            self.assertEqual(load({}, dict(BASE, A8_ENDPOINT_HOST=host)).endpoint_host, host)
+
+    def test_ports_must_differ(self):
+        """The proxy port, its admin port and the debug port cannot be the same port."""
+        proxy = dict(BASE, A8_PROXY="true", A8_CONTROLLER_URL="http://c:2")
+        self.bad(dict(proxy, A8_PROXY_PORT="7000", A8_PROXY_ADMIN_PORT="7000"),
+                 "A8_PROXY_ADMIN_PORT: port 7000 is also A8_PROXY_PORT (from "
+                 "A8_PROXY_ADMIN_PORT (environment), A8_PROXY_PORT (environment))")
+        self.bad(dict(proxy, A8_DEBUG_PORT="5813"),
+                 "A8_DEBUG_PORT: port 5813 is also A8_PROXY_ADMIN_PORT")
+        self.assertEqual(load({}, dict(proxy, A8_DEBUG_PORT="0")).debug_port, 0)
+
+    def test_runtime_dir_must_be_a_directory(self):
+        """A8_RUNTIME_DIR naming a file, or under one, is refused; a new path is fine."""
+        proxy = dict(BASE, A8_PROXY="true", A8_CONTROLLER_URL="http://c:2")
+        path = self.yaml("not a directory\n")
+        self.bad(dict(proxy, A8_RUNTIME_DIR=path),
+                 "A8_RUNTIME_DIR: {} is not a directory (from A8_RUNTIME_DIR "
+                 "(environment))".format(path))
+        self.bad(dict(proxy, A8_RUNTIME_DIR=os.path.join(path, "sub", "dir")),
+                 "cannot be made: {} is not a directory".format(os.path.abspath(path)))
+        fresh = os.path.join(self.mktemp(), "runtime")
+        self.assertEqual(load({}, dict(proxy, A8_RUNTIME_DIR=fresh)).runtime_dir, fresh)
+
     def test_bad_files(self):
         """A missing file, bad YAML and unknown keys are refused."""
         self.bad({"A8_CONFIG": "/nonexistent/a8.yaml"}, "cannot read")

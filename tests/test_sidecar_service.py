@@ -4,6 +4,7 @@ started and stopped in the order SPEC B4 asks for, with a fake process reactor, 
 process-group signaller and in-memory servers.
 """
 
+import io
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from treq.testing import StubTreq
 from twisted.internet.defer import succeed
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.application.service import IService
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -338,6 +340,34 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertIn(runtime, self.reactor.processes[0].args)
         self.assertEqual(sidecar.part("traces").path, os.path.join(runtime, "access.log"))
 
+    def stop(self, sidecar):
+        """Stop C{sidecar} to the end, nginx and the app leaving when told."""
+        stopping = sidecar.stopService()
+        for _ in range(40):
+            for process in self.reactor.processes:
+                if process.running and process.signals:
+                    process.end(exitCode=0)
+            self.settle(0.1, rounds=1)
+        self.successResultOf(stopping)
+
+    def test_runtime_directory_made_is_removed_after_the_stop(self):
+        """The runtime directory the sidecar made itself goes once nginx has stopped."""
+        sidecar = self.sidecar(A8_RUNTIME_DIR="")
+        sidecar.startService()
+        self.settle()
+        [runtime] = self.made
+        self.assertTrue(os.path.isdir(runtime))
+        self.stop(sidecar)
+        self.assertFalse(os.path.exists(runtime))
+
+    def test_given_runtime_directory_stays_after_the_stop(self):
+        """A8_RUNTIME_DIR, the operator's, is never removed."""
+        sidecar = self.sidecar()
+        sidecar.startService()
+        self.settle()
+        self.stop(sidecar)
+        self.assertTrue(os.path.isfile(os.path.join(self.runtime, "nginx.conf")))
+
     def test_given_runtime_directory_made_at_start(self):
         """A8_RUNTIME_DIR is created at the proxy's start, not by the builder."""
         sidecar = self.sidecar()
@@ -379,6 +409,28 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         self.assertEqual(self.registered(), [])
         self.assertFalse(sidecar.part("registration").running)
 
+    def test_app_that_cannot_start_before_the_reactor_runs(self):
+        """twistd starts the services before the reactor runs: an app that cannot be run
+        then still stops the reactor, as soon as it runs (no sidecar left running)."""
+        self.reactor.running = False
+        stops = []
+
+        def stop():
+            if not self.reactor.running:
+                raise ReactorNotRunning()
+            stops.append(True)
+
+        self.reactor.stop = stop
+        self.reactor.spawn_error = FileNotFoundError(2, "No such file or directory")
+        sidecar = self.sidecar(app=("/nonexistent/app",), A8_PROXY="false")
+        sidecar.startService()
+        self.assertEqual((sidecar.exit_code, stops), (127, []))
+        self.reactor.running = True
+        for hook, args, kwargs in self.reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertEqual(stops, [True])
+        self.assertEqual(self.registered(), [])
+
     def test_debug_listener(self):
         """The debug API listens on 127.0.0.1 at A8_DEBUG_PORT once the sidecar starts."""
         sidecar = self.sidecar(A8_DEBUG_PORT="7000")
@@ -386,6 +438,22 @@ class WiringTests(SidecarTestsMixin, SynchronousTestCase):
         sidecar.startService()
         self.assertEqual([(port, interface) for port, _, _, interface
                           in self.reactor.tcpServers], [(7000, "127.0.0.1")])
+
+    def test_debug_port_in_use(self):
+        """A debug port in use stops the start (before any app runs): one line, exit 2."""
+        def in_use(port, factory, backlog=50, interface=""):
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        self.reactor.listenTCP = in_use
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        sidecar = self.sidecar(A8_DEBUG_PORT="7000")
+        error = self.assertRaises(SystemExit, sidecar.privilegedStartService)
+        self.assertEqual(error.code, 2)
+        [line] = stderr.getvalue().splitlines()
+        self.assertTrue(line.startswith("a8sidecar: cannot listen: "), line)
+        self.assertIn("7000", line)
+        self.assertEqual(self.reactor.processes, [])
 
     def test_reopen_logs_signals_nginx(self):
         """After a rotation, nginx's master (not its group) gets SIGUSR1."""

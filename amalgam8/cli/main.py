@@ -244,6 +244,9 @@ def _describe(error, options):
             return "the {} refused the request (403): {}".format(
                 role, _one_line(error.message))
         return "the {} answered {}: {}".format(role, error.status, _one_line(error.message))
+    if isinstance(error, RecursionError):
+        # A rules file of lists inside lists 10,000 deep: the YAML parser recurses.
+        return "the input is nested too deeply"
     return "unexpected error: {}: {}".format(type(error).__name__, _one_line(error))
 
 

@@ -5,6 +5,9 @@ variables, which beat the YAML file named by C{A8_CONFIG} (or C{--config}), whic
 defaults. Every bad value stops the start with one line naming it.
 """
 
+import ipaddress
+import os
+import re
 import shlex
 import socket
 
@@ -93,13 +96,41 @@ def parse_service(text):
         tags = text.get("tags") or []
         if not isinstance(tags, list):
             raise ValueError("service.tags must be a list")
-        text = "{}:{}".format(text.get("name", ""), ",".join(map(str, tags)))
-    name, _, tags = str(text).strip().partition(":")
+        text = str(text.get("name", ""))
+        if tags:
+            text += ":" + ",".join(map(str, tags))
+    name, colon, tags = str(text).strip().partition(":")
     name = name.strip()
     if not name or "/" in name or len(name.encode()) > 64 or any(c.isspace() for c in name):
         raise ValueError("{!r} is not a service name".format(text))
-    tag_list = tuple(t.strip() for t in tags.split(",") if t.strip()) if tags else ()
+    if not colon:
+        return name, ()
+    tag_list = tuple(t.strip() for t in tags.split(","))
+    if not all(tag_list):
+        # 'a:' and 'a:v1,,v2' are typos, not a request for no (or fewer) tags.
+        raise ValueError("{!r} has an empty tag (name[:tag1,tag2])".format(text))
+    if any(c.isspace() for t in tag_list for c in t):
+        raise ValueError("{!r} has a tag with a space in it".format(text))
     return name, tag_list
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def parse_host(text):
+    """An IPv4 or IPv6 address or a DNS name (blank: not given)."""
+    host = str(text).strip()
+    if not host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError("{!r} is not an IP address or host name".format(text))
+    return host
 
 
 def _stripped(text):
@@ -223,7 +254,7 @@ SETTINGS = (
     Setting("service", "A8_SERVICE", parse_service, None,
             "This service, `name[:tag1,tag2]` (in the file also `{name, tags}`).",
             structured=True, shown_default="none (required)"),
-    Setting("endpoint-host", "A8_ENDPOINT_HOST", _stripped, None, "The address to register.",
+    Setting("endpoint-host", "A8_ENDPOINT_HOST", parse_host, None, "The address to register.",
             yaml=("endpoint.host",), shown_default="first non-loopback IPv4"),
     Setting("endpoint-port", "A8_ENDPOINT_PORT", _port, None, "The port to register, 1-65535.",
             yaml=("endpoint.port",), shown_default="none (required to register)"),
@@ -325,6 +356,43 @@ def load(flags, environ=None, app=()):
             raise ConfigError("A8_REGISTRY_URL: the proxy needs the registry")
         if not config.controller_url:
             raise ConfigError("A8_CONTROLLER_URL: the proxy needs the controller")
+    if config.proxy:
+        _check_ports(config, loaded)
+        _check_runtime_dir(config.runtime_dir, loaded)
     if config.register and not config.endpoint_host:
         config = attrs.evolve(config, endpoint_host=default_host())
     return config
+
+
+_PORTS = (("proxy_port", "proxy-port", "A8_PROXY_PORT"),
+          ("proxy_admin_port", "proxy-admin-port", "A8_PROXY_ADMIN_PORT"),
+          ("debug_port", "debug-port", "A8_DEBUG_PORT"))
+
+
+def _check_ports(config, loaded):
+    """The proxy's port, its admin port and the debug port (when on) must differ."""
+    seen = {}
+    for attribute, name, env in _PORTS:
+        port = getattr(config, attribute)
+        if not port:
+            continue
+        if port in seen:
+            other_name, other_env = seen[port]
+            raise ConfigError("{}: port {} is also {}{}".format(
+                env, port, other_env, loaded.origins(name, other_name)))
+        seen[port] = (name, env)
+
+
+def _check_runtime_dir(path, loaded):
+    """A8_RUNTIME_DIR must be a directory, or a path whose nearest existing part is one."""
+    if not path:
+        return
+    where = loaded.origins("runtime-dir")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError("A8_RUNTIME_DIR: {} is not a directory{}".format(path, where))
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError("A8_RUNTIME_DIR: {} cannot be made: {} is not a directory{}"
+                          .format(path, parent, where))

@@ -25,13 +25,14 @@ manager and trace shipping stop, nginx drains and stops (QUIT), then the supervi
 that overruns the deadline is cut short and logged, and the next one runs.
 """
 
+import shutil
 import signal
 import socket
 import tempfile
 import uuid
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ReactorNotRunning
@@ -47,6 +48,7 @@ from amalgam8.sidecar.registration import Registrar
 from amalgam8.sidecar.routes import RouteManager
 from amalgam8.sidecar.supervisor import ProcessGroupSignaller, Supervisor
 from amalgam8.sidecar.tracelog import TraceShipper
+from amalgam8.settings import ServerService
 from amalgam8.web import A8Site
 
 __all__ = ["SidecarService", "ProxyService", "AppsService", "AppExit", "GATED", "STOP_ORDER"]
@@ -67,7 +69,8 @@ class ProxyService(Service):
     nginx, run by the supervisor. Starting makes the runtime directory (C{runtime_dir}, or
     a new temporary one from C{make_directory}), writes nginx.conf into it and hands nginx
     to the supervisor (restarted with backoff, as the leader of its own process group);
-    stopping drains nginx (QUIT, then TERM and KILL, within the supervisor's deadline).
+    stopping drains nginx (QUIT, then TERM and KILL, within the supervisor's deadline), then
+    removes the runtime directory if this service made it (never C{runtime_dir}).
 
     @ivar config: the L{ProxyConfig}, L{None} until the service has started.
     """
@@ -89,6 +92,7 @@ class ProxyService(Service):
         self._on_start = on_start
         self._make_directory = make_directory
         self.config = None
+        self.made_directory = None      # the runtime directory this service made itself
 
     @property
     def access_log_path(self):
@@ -100,8 +104,11 @@ class ProxyService(Service):
         if self.config is not None:
             return                      # started before: nginx is the supervisor's already
         settings = self._settings
+        runtime_dir = settings.runtime_dir
+        if not runtime_dir:
+            runtime_dir = self.made_directory = self._make_directory()
         self.config = ProxyConfig(
-            runtime_dir=settings.runtime_dir or self._make_directory(),
+            runtime_dir=runtime_dir,
             port=settings.proxy_port, address=settings.proxy_address,
             admin_port=settings.proxy_admin_port, workers=settings.proxy_workers,
             service_name=settings.service_name, service_tags=settings.service_tags)
@@ -112,7 +119,17 @@ class ProxyService(Service):
 
     def stopService(self):
         Service.stopService(self)
-        return Deferred.fromCoroutine(self._supervisor.stop_proxy())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self):
+        await self._supervisor.stop_proxy()
+        # nginx has stopped: the temporary runtime directory goes with it (one the operator
+        # named in A8_RUNTIME_DIR stays, with its logs).
+        if self.made_directory is not None:
+            shutil.rmtree(self.made_directory, ignore_errors=True)
+            self.log.info("removed the runtime directory {runtime_dir}",
+                          runtime_dir=self.made_directory)
+            self.made_directory = None
 
     def reopen_logs(self):
         """Ask nginx to reopen its log files (after a rotation of the access log)."""
@@ -154,16 +171,23 @@ class AppExit:
             return
         self.code = code
         self.log.info("the app exited with {code}; stopping the sidecar", code=code)
+        # An app that cannot be run ends while twistd starts the services, before the
+        # reactor runs: stopping then would raise ReactorNotRunning and the sidecar would
+        # run on. callWhenRunning stops it at once if it runs, else as soon as it does.
+        self._reactor.callWhenRunning(self._stop)
+
+    def _stop(self):
         try:
             self._reactor.stop()
         except ReactorNotRunning:
-            pass
+            pass                        # already stopping (a signal came first)
 
 
-class SidecarService(MultiService):
+class SidecarService(ServerService):
     """
     The sidecar's parts as child services (see the module docstring); built by
-    L{from_config}.
+    L{from_config}. As a L{ServerService}, a debug port in use stops the start (before any
+    app runs) with one line and exit status 2.
     """
 
     log = Logger()
@@ -178,7 +202,7 @@ class SidecarService(MultiService):
         @param proxy_id: this proxy's id in the status reports (SPEC B2).
         @param propagation_delay: seconds between the deregistration and the apps' stop.
         """
-        MultiService.__init__(self)
+        ServerService.__init__(self, "a8sidecar")
         self._reactor = reactor
         self.config = config
         self.supervisor = supervisor
@@ -241,6 +265,7 @@ class SidecarService(MultiService):
                 serverFromString(reactor, "tcp:{}:interface=127.0.0.1".format(
                     config.debug_port)),
                 A8Site(DebugAPI(sidecar).resource()))
+            debug._raiseSynchronously = True    # a port in use fails the start
             debug.setName("debug")
             debug.setServiceParent(sidecar)
 
@@ -270,6 +295,7 @@ class SidecarService(MultiService):
         return self._app_exit.code
 
     # -- start -----------------------------------------------------------------------------
+
 
     def startService(self):
         """Start the ungated parts in order; the gated ones once the proxy has its state."""

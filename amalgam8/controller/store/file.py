@@ -5,7 +5,9 @@ survives restarts.
 
 A write goes to a temporary file beside the real one, is flushed and fsynced, then renamed
 over it (and the directory fsynced), so the file is always either the old rules or the new
-ones. A file that cannot be read or parsed stops the start with a clear message: rules are
+ones. A temporary file left by a crash in the middle of a write (C{.rules-*}) is removed at
+the next start (one controller per directory owns its C{.rules-*} files). A file that cannot
+be read or parsed stops the start with a clear message: rules are
 never dropped silently.
 
 The writes are synchronous: they are rare (operators change rules, sidecars read them) and
@@ -17,6 +19,8 @@ import json
 import os
 import tempfile
 
+from twisted.logger import Logger
+
 from amalgam8.controller.model import RuleSet, encode
 from amalgam8.controller.store.memory import MemoryStore
 from amalgam8.errors import StoreCorrupt
@@ -25,12 +29,16 @@ from amalgam8.rules import InvalidRule, validate_rule
 __all__ = ["FileStore"]
 
 FORMAT = "amalgam8-rules/1"
+# The prefix of the temporary files of a write.
+TEMPORARY = ".rules-"
 
 
 class FileStore(MemoryStore):
     """
     @ivar path: the file (created at the first change when missing).
     """
+
+    log = Logger()
 
     def __init__(self, path):
         MemoryStore.__init__(self)
@@ -41,6 +49,7 @@ class FileStore(MemoryStore):
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise StoreCorrupt("rule file directory {} does not exist".format(directory))
+        self._remove_leftovers(directory)
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
@@ -81,6 +90,20 @@ class FileStore(MemoryStore):
             sets[name] = RuleSet(revision, rules)
         return sets
 
+    def _remove_leftovers(self, directory):
+        """Remove the temporary files of writes that a crash cut short."""
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if not name.startswith(TEMPORARY) or not os.path.isfile(path):
+                continue
+            try:
+                os.unlink(path)
+            except OSError as e:
+                self.log.warn("cannot remove the leftover {path}: {why}", path=path,
+                              why=e.strerror)
+            else:
+                self.log.info("removed {path}, left by a write cut short", path=path)
+
     def _persist(self, namespace, ruleset):
         sets = dict(self._sets)
         sets[namespace] = ruleset
@@ -93,7 +116,7 @@ class FileStore(MemoryStore):
         }
         data = encode(document).encode("utf-8")
         directory = os.path.dirname(self.path)
-        handle, temporary = tempfile.mkstemp(prefix=".rules-", dir=directory)
+        handle, temporary = tempfile.mkstemp(prefix=TEMPORARY, dir=directory)
         try:
             with os.fdopen(handle, "wb") as f:
                 f.write(data)
