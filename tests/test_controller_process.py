@@ -29,8 +29,11 @@ def route(rule_id, destination="reviews", tags=("v1",), **extra):
     return rule
 
 
-class ControllerProcessTests(TestCase):
-    """The real C{twistd -n a8controller} process over the network, on a rule file."""
+class ControllerProcess:
+    """
+    A mixin for a L{TestCase}: the real C{twistd -n a8controller} process over the network,
+    on a rule file in the test's directory (also used by the fault suite).
+    """
 
     timeout = 60
 
@@ -115,6 +118,11 @@ class ControllerProcessTests(TestCase):
                           if "Traceback" in line],
                          "traceback in the output: {!r}".format(protocol.stdout[-5:]))
         self.assertFalse([e for e in protocol.events if "traceback" in e])
+
+
+
+class ControllerProcessTests(ControllerProcess, TestCase):
+    """The real C{twistd -n a8controller} process over the network, on a rule file."""
 
     async def test_rules_survive_restart(self):
         """
