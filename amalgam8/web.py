@@ -5,13 +5,16 @@ redirect, metrics per route and status, and error answers.
 """
 
 import json
+import math
 import os
 import time
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -33,11 +36,20 @@ _REQUEST_ID = b"a8-request-id"
 _FORWARDED_PROTO = b"x-forwarded-proto"
 _CONTENT_TYPE = b"content-type"
 
-_decoder = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
-
-
 def _reject_constant(name):
     raise ValueError("{} is not JSON".format(name))
+
+
+def _finite_float(text):
+    # 1e400 is valid JSON but decodes to inf, which json.dumps writes back as Infinity
+    # (not JSON): refused here, it can never be stored or served.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("{} is out of range".format(text))
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def json_body(request, limit=MAX_BODY):
@@ -46,7 +58,8 @@ def json_body(request, limit=MAX_BODY):
 
     @raise UnsupportedMediaType: when the content type is not C{application/json}.
     @raise PayloadTooLarge: when the body is over C{limit} bytes.
-    @raise InvalidRequest: when the body is not JSON in UTF-8.
+    @raise InvalidRequest: when the body is not JSON in UTF-8, or has a number that is
+        not finite (C{1e400}, C{NaN}, C{Infinity}).
     """
     content_type = request.getHeader(_CONTENT_TYPE)
     if content_type is None:
@@ -286,6 +299,9 @@ class Front(Resource):
             road = self.road(request)
             if road is not None:
                 return road(request)
+        if b"%" in request.path and not _utf8_path(request.path):
+            # Klein would answer text/html and log a traceback.
+            return self.refuse(request, InvalidRequest("the path is not UTF-8"))
         started = self._now()
         request.route = "unmatched"
         self.request_id(request)
@@ -338,6 +354,15 @@ class Front(Resource):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
                              request.code, self._now() - started)
 
+    def refuse(self, request, error):
+        """Answer C{error} (an L{A8Error}) at once, in this server's error shape."""
+        started = self._now()
+        request.route = "unmatched"
+        self.request_id(request)
+        request.setResponseCode(error.status)
+        self._write(self.error_body(error.error_id, error.message), request, started)
+        return NOT_DONE_YET
+
     def not_allowed(self, request, allowed):
         """Answer 405 with C{Allow: allowed} (a list of method names)."""
         started = self._now()
@@ -352,15 +377,23 @@ class Front(Resource):
     @staticmethod
     def request_id(request):
         """Echo the request's C{A8-Request-Id}, or answer with a fresh UUID."""
-        given = request.requestHeaders.getRawHeaders(_REQUEST_ID)
-        rid = given[0] if given and 0 < len(given[0]) <= 128 and given[0].isascii() else None
-        if rid is None:
-            rid = fresh_request_id()
-        request.responseHeaders.setRawHeaders(_REQUEST_ID, [rid])
+        request.responseHeaders.setRawHeaders(
+            _REQUEST_ID, [request_id_for(request.requestHeaders)])
 
     def _finished(self, _ignored, request, started):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
                              request.code, self._now() - started)
+
+
+def request_id_for(headers):
+    """
+    The C{A8-Request-Id} to answer with: the one in C{headers} (L{Headers}, or L{None})
+    when it is 1-128 ASCII bytes, else a fresh one.
+    """
+    given = headers.getRawHeaders(_REQUEST_ID) if headers is not None else None
+    if given and 0 < len(given[0]) <= 128 and given[0].isascii():
+        return given[0]
+    return fresh_request_id()
 
 
 def fresh_request_id():
@@ -370,6 +403,14 @@ def fresh_request_id():
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return "{}-{}-{}-{}-{}".format(h[:8], h[8:12], h[12:16], h[16:20], h[20:]).encode("ascii")
+
+
+def _utf8_path(path):
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _secure(request):
@@ -399,11 +440,70 @@ def controller_error(error_id, message):
                       separators=(",", ":")).encode("utf-8")
 
 
+class A8Channel(HTTPChannel):
+    """
+    The HTTP channel of the servers: where twisted.web would answer a bare C{400} (a bad
+    request line or header), close without an answer (a line over C{MAX_LENGTH}), it
+    answers the API's JSON error with an C{A8-Request-Id} and closes.
+    """
+
+    def lineLengthExceeded(self, line):
+        if self._HTTPChannel__first_line:
+            self.refuse(414, "URI Too Long", "error_uri_too_long",
+                        "the request line is longer than {} bytes".format(self.MAX_LENGTH))
+        else:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "a header line is longer than {} bytes".format(self.MAX_LENGTH))
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "the headers are larger than {} bytes".format(self.totalHeadersSize))
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "more than {} headers".format(self.maxHeaders))
+        else:
+            self.refuse(400, "Bad Request", "error_bad_request", "malformed HTTP request")
+
+    def refuse(self, status, reason, error_id, message):
+        """
+        Answer the request being read with C{status} and the site's error body, then close
+        (what follows on the connection is not read).
+        """
+        headers = self.requests[-1].requestHeaders if self.requests else None
+        body = self.site.error_body(error_id, message)
+        self.transport.write(b"".join([
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"a8-request-id: " + request_id_for(headers) + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]))
+        self.dataReceived = _ignore
+        self.loseConnection()
+
+
+def _ignore(data):
+    pass
+
+
 class A8Site(Site):
     """
-    A L{Site} with no per-request access log: metrics count every request, and a text log
-    line per request would cost more than answering it.
+    A L{Site} of L{A8Channel}s, with no per-request access log (metrics count every request,
+    and a text log line per request would cost more than answering it) and no parsing of
+    form bodies (a body is JSON or is refused with 415 by L{json_body}).
+
+    @ivar error_body: C{(error_id, message) -> bytes}, the API's error shape, for the
+        answers the channel gives before any resource sees the request; by default the
+        root resource's (L{Front.error_body}).
     """
+
+    protocol = A8Channel
+
+    def __init__(self, resource, error_body=None, **kwargs):
+        Site.__init__(self, resource, parsePOSTFormSubmission=False, **kwargs)
+        self.error_body = error_body or getattr(resource, "error_body", registry_error)
 
     def log(self, request):
         pass
