@@ -23,7 +23,9 @@ from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, Unsupp
 
 __all__ = [
     "MAX_BODY",
+    "A8Channel",
     "A8Site",
+    "connection_cap",
     "Front",
     "Metrics",
     "json_body",
@@ -440,12 +442,79 @@ def controller_error(error_id, message):
                       separators=(",", ":")).encode("utf-8")
 
 
+#: The defaults of the servers' connection limits (the settings C{--read-timeout},
+#: C{--idle-timeout} and C{--max-connections} of L{amalgam8.settings.SERVER_SETTINGS}).
+READ_TIMEOUT = 10.0
+IDLE_TIMEOUT = 15.0
+#: File descriptors kept free of client connections under an automatic cap: the listening
+#: sockets, the store's and log's files, and the over-cap connections answered 503.
+FD_RESERVE = 64
+#: What an over-cap client is told to wait (C{Retry-After}, seconds).
+RETRY_AFTER = 1
+#: Seconds a refused connection stays half-closed (its answer sent, what the client still
+#: sends read and dropped) before it is aborted: closing at once with unread bytes would
+#: reset the connection, and the client could lose the answer.
+LINGER = 2.0
+
+
 class A8Channel(HTTPChannel):
     """
-    The HTTP channel of the servers: where twisted.web would answer a bare C{400} (a bad
-    request line or header), close without an answer (a line over C{MAX_LENGTH}), it
-    answers the API's JSON error with an C{A8-Request-Id} and closes.
+    The HTTP channel of the servers.
+
+    Where twisted.web would answer a bare C{400} (a bad request line or header), or close
+    without an answer (a line over C{MAX_LENGTH}), it answers the API's JSON error with an
+    C{A8-Request-Id} and closes. A request must arrive whole (line, headers and body) within
+    the site's C{read_timeout} of its first byte, or it is answered 408 and the connection
+    closed (a client sending a byte a second is not kept). A connection over the site's
+    cap (C{over_cap}) is answered 503 with C{Retry-After} as soon as it is accepted, so
+    that it holds its descriptor no longer than L{LINGER}.
     """
+
+    over_cap = False
+    _reading = None
+    _lingering = None
+    _refused = False
+
+    def connectionMade(self):
+        HTTPChannel.connectionMade(self)
+        if self.over_cap:
+            self.refuse(503, "Service Unavailable", "error_too_many_connections",
+                        "the server has {} connections open; retry later".format(
+                            self.site.connections), retry_after=RETRY_AFTER)
+        else:
+            self.site.connections += 1
+
+    def connectionLost(self, reason):
+        self._stop_reading()
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        if not self.over_cap:
+            self.site.connections -= 1
+        HTTPChannel.connectionLost(self, reason)
+
+    def dataReceived(self, data):
+        if self._refused:
+            return
+        if self._reading is None and not self._handlingRequest and self.site.read_timeout:
+            self._reading = self.callLater(self.site.read_timeout, self._read_too_slow)
+        HTTPChannel.dataReceived(self, data)
+
+    def allContentReceived(self):
+        self._stop_reading()
+        if self._refused:
+            return
+        HTTPChannel.allContentReceived(self)
+
+    def _stop_reading(self):
+        if self._reading is not None:
+            if self._reading.active():
+                self._reading.cancel()
+            self._reading = None
+
+    def _read_too_slow(self):
+        self._reading = None
+        self.refuse(408, "Request Timeout", "error_request_timeout",
+                    "the request did not arrive within {:g} s".format(self.site.read_timeout))
 
     def lineLengthExceeded(self, line):
         if self._HTTPChannel__first_line:
@@ -465,27 +534,35 @@ class A8Channel(HTTPChannel):
         else:
             self.refuse(400, "Bad Request", "error_bad_request", "malformed HTTP request")
 
-    def refuse(self, status, reason, error_id, message):
+    def refuse(self, status, reason, error_id, message, retry_after=None):
         """
         Answer the request being read with C{status} and the site's error body, then close
-        (what follows on the connection is not read).
+        (what follows on the connection is not read): half-close, and abort after
+        L{LINGER} unless the client has closed by then.
         """
+        if self._refused:
+            return
+        self._refused = True
+        self._buffer = b""  # LineReceiver's: no further line of it is parsed
+        self._stop_reading()
         headers = self.requests[-1].requestHeaders if self.requests else None
         body = self.site.error_body(error_id, message)
-        self.transport.write(b"".join([
+        lines = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
             b"content-type: application/json\r\n",
             b"content-length: %d\r\n" % len(body),
             b"a8-request-id: " + request_id_for(headers) + b"\r\n",
-            b"connection: close\r\n\r\n",
-            body,
-        ]))
-        self.dataReceived = _ignore
-        self.loseConnection()
-
-
-def _ignore(data):
-    pass
+        ]
+        if retry_after is not None:
+            lines.append(b"retry-after: %d\r\n" % retry_after)
+        lines += [b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(lines))
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.loseConnection()
+            return
+        half_close()
+        self._lingering = self.callLater(LINGER, self.transport.abortConnection)
 
 
 class A8Site(Site):
@@ -497,16 +574,53 @@ class A8Site(Site):
     @ivar error_body: C{(error_id, message) -> bytes}, the API's error shape, for the
         answers the channel gives before any resource sees the request; by default the
         root resource's (L{Front.error_body}).
+    @ivar read_timeout: seconds a request may take to arrive whole (L{None}: no limit).
+    @ivar max_connections: the most connections served at once; the ones over it get 503.
+        L{None} until the site starts means the open-file limit less L{FD_RESERVE}.
+    @ivar connections: how many connections are served now.
     """
 
     protocol = A8Channel
 
-    def __init__(self, resource, error_body=None, **kwargs):
-        Site.__init__(self, resource, parsePOSTFormSubmission=False, **kwargs)
+    def __init__(self, resource, error_body=None, read_timeout=READ_TIMEOUT,
+                 idle_timeout=IDLE_TIMEOUT, max_connections=None, reactor=None,
+                 getrlimit=None):
+        Site.__init__(self, resource, parsePOSTFormSubmission=False, timeout=idle_timeout,
+                      reactor=reactor)
         self.error_body = error_body or getattr(resource, "error_body", registry_error)
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+        self._getrlimit = getrlimit
+
+    def startFactory(self):
+        Site.startFactory(self)
+        if self.max_connections is None:
+            self.max_connections = connection_cap(self._getrlimit)
+
+    def buildProtocol(self, addr):
+        channel = Site.buildProtocol(self, addr)
+        cap = self.max_connections
+        if cap is not None and self.connections >= cap:
+            channel.over_cap = True
+        return channel
 
     def log(self, request):
         pass
+
+
+def connection_cap(getrlimit=None, reserve=FD_RESERVE):
+    """
+    The automatic cap on connections: the soft open-file limit less C{reserve}, so that
+    accepting never fails for want of a descriptor (EMFILE) and a client over the cap
+    gets an answer (503).
+    """
+    import resource
+
+    soft, _hard = (getrlimit or resource.getrlimit)(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - reserve)
 
 
 class MetricsResource(Resource):

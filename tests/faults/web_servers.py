@@ -14,22 +14,24 @@ from twisted.internet.protocol import Protocol
 
 from tests.helpers import ServerProcess, child_environment, twistd_command
 
-__all__ = ["RawClient", "start_server", "raw_exchange", "tracebacks"]
+__all__ = ["RawClient", "connect", "start_server", "raw_exchange", "tracebacks"]
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
 
-async def start_server(case, program, *options):
+async def start_server(case, program, *options, prefix=()):
     """
     Spawn C{twistd -n <program>} (C{a8registry}, C{a8controller}) listening on 127.0.0.1
     in a fresh directory of C{case}; stop it in cleanup.
+
+    @param prefix: an argv the command runs under (C{prlimit --nofile=128:128}).
 
     @return: C{(ServerProcess, port)}.
     """
     directory = os.path.abspath(case.mktemp())
     os.makedirs(directory)
     protocol = ServerProcess(reactor, program + " listening on ")
-    argv = twistd_command() + ["-n", "--pidfile=", "--logger",
+    argv = list(prefix) + twistd_command() + ["-n", "--pidfile=", "--logger",
                                "amalgam8.logs.json_observer", program,
                                "--listen", LOCAL] + list(options)
     reactor.spawnProcess(protocol, argv[0], argv, env=child_environment({}), path=directory)
