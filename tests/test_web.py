@@ -263,8 +263,23 @@ class SlowClientTests(ChannelTestsMixin, SynchronousTestCase):
             self.clock.advance(8)
         self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
         self.assertFalse(transport.write_closed or transport.disconnecting)
+        # The read timer of the last request fires at 26 s and finds no request arriving.
+        self.clock.advance(2)
+        self.assertFalse(transport.write_closed or transport.disconnecting)
         self.assertIsNone(channel._reading)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the idle timeout
+
+    def test_timer_moved_on(self):
+        """A request begun late in an earlier request's timer still gets its whole time."""
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(9)
+        channel.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(9.9)
+        self.assertFalse(transport.write_closed)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.write_closed)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 408 "), 1)
 
     def test_idle(self):
         """A connection with no request in it is closed after the idle timeout."""
