@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from amalgam8.durations import parse_duration
 from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -24,6 +24,7 @@ from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, Unsupp
 __all__ = [
     "MAX_BODY",
     "A8Channel",
+    "A8Request",
     "A8Site",
     "connection_cap",
     "Front",
@@ -579,6 +580,30 @@ class A8Channel(HTTPChannel):
         self._lingering = self.callLater(LINGER, self.transport.abortConnection)
 
 
+class A8Request(Request):
+    """
+    A request whose unexpected failure outside the Klein app (a resource that raised) is
+    logged as a bug and answered with the API's JSON 500 and a request id, not
+    twisted.web's HTML page.
+    """
+
+    _a8_log = Logger()
+
+    def processingFailed(self, reason):
+        self._a8_log.failure("unexpected error answering {method} {uri}", reason,
+                             method=self.method, uri=self.uri)
+        if self.finished or self._disconnected:
+            return reason
+        body = self.site.error_body("error_internal", "internal error")
+        self.setResponseCode(500)
+        self.responseHeaders.setRawHeaders(
+            _REQUEST_ID, [request_id_for(self.requestHeaders)])
+        json_answer(self, body)
+        self.write(body)
+        self.finish()
+        return reason
+
+
 class A8Site(Site):
     """
     A L{Site} of L{A8Channel}s, with no per-request access log (metrics count every request,
@@ -595,6 +620,7 @@ class A8Site(Site):
     """
 
     protocol = A8Channel
+    requestFactory = A8Request
 
     def __init__(self, resource, error_body=None, read_timeout=READ_TIMEOUT,
                  idle_timeout=IDLE_TIMEOUT, max_connections=None, reactor=None,

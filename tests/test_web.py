@@ -155,6 +155,26 @@ class RegistryChannelTests(ChannelTestsMixin, SynchronousTestCase):
         self.assertEqual((code, json.loads(answer)), (200, {"args": 0}))
 
 
+class _Broken(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        raise ZeroDivisionError("a bug")
+
+
+class FailureTests(ChannelTestsMixin, SynchronousTestCase):
+    """A resource that raises gets the API's JSON 500, not twisted.web's HTML page."""
+
+    def test_json_500(self):
+        self.site = A8Site(_Broken(), reactor=self.clock)
+        transport = self.send(b"GET / HTTP/1.1\r\nA8-Request-Id: bug-1\r\n\r\n")
+        code, headers, body = parse_answer(transport.value())
+        self.assertEqual((code, headers[b"content-type"]), (500, b"application/json"))
+        self.assertEqual(headers[b"a8-request-id"], b"bug-1")
+        self.assertEqual(json.loads(body), {"Error": "internal error"})
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 class ControllerChannelTests(ChannelTestsMixin, SynchronousTestCase):
     """The channel takes the error shape of the root resource (the controller's here)."""
 
