@@ -27,6 +27,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
 from amalgam8.durations import parse_duration
@@ -55,7 +56,11 @@ __all__ = [
     "markdown",
     "ServerService",
     "add_listeners",
+    "raise_fd_limit",
+    "site_limits",
 ]
+
+_log = Logger(namespace="amalgam8.settings")
 
 
 # -- parsers: text (or a YAML value) -> value; ValueError with a message --------------------
@@ -532,6 +537,16 @@ def _level(text):
     return parse_level(text)
 
 
+def _connection_cap(text):
+    """C{auto} (L{None}: derived from the open-file limit at start) or a whole number."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        return parse_positive_int(text)
+    except ValueError:
+        raise ValueError("expected auto or a whole number above 0, not {!r}".format(text))
+
+
 SERVER_SETTINGS = (
     CONFIG,
     Setting("listen", None, check_endpoint, None,
@@ -564,7 +579,25 @@ SERVER_SETTINGS = (
             "observer: set the environment variable."),
     Setting("metrics-token", "A8_METRICS_TOKEN", parse_text, None,
             "When set, `GET /metrics` needs `Authorization: Bearer <this token>`."),
+    Setting("read-timeout", "A8_READ_TIMEOUT", parse_positive_duration, "10s",
+            "How long a request (line, headers and body) may take to arrive from its first "
+            "byte; a slower one is answered 408 and its connection closed."),
+    Setting("idle-timeout", "A8_IDLE_TIMEOUT", parse_positive_duration, "15s",
+            "How long a connection may stay open with no request in it. Above the default "
+            "heartbeat interval (ttl/3 = 10s), so a sidecar's connection is kept."),
+    Setting("max-connections", "A8_MAX_CONNECTIONS", _connection_cap, "auto",
+            "The most client connections served at once; one more is answered 503 with "
+            "`Retry-After` as soon as it is accepted. `auto`: the open-file limit (raised "
+            "at start to the hard limit) less 64, so accepting never fails for want of a "
+            "descriptor."),
 )
+
+
+def site_limits(options):
+    """The connection limits of a server's L{amalgam8.web.A8Site}, as keyword arguments."""
+    return {"read_timeout": options["read-timeout"],
+            "idle_timeout": options["idle-timeout"],
+            "max_connections": options["max-connections"]}
 
 
 def check_server(options):
@@ -677,12 +710,41 @@ class ServerService(MultiService):
         self.program = program
 
     def privilegedStartService(self):
+        raise_fd_limit(self.program)
         try:
             MultiService.privilegedStartService(self)
         except CannotListenError as e:
             sys.stderr.write("{}: cannot listen: {}\n".format(self.program, e))
             sys.stderr.flush()
             raise SystemExit(2)
+
+
+def raise_fd_limit(program, limits=None, log=None):
+    """
+    Raise the soft open-file limit (RLIMIT_NOFILE) to the hard one (to 2**20 when the hard
+    one is unlimited) and log it: a server holds one descriptor per client connection.
+
+    @param limits: the C{resource} module, or a stand-in with C{getrlimit}, C{setrlimit},
+        C{RLIMIT_NOFILE} and C{RLIM_INFINITY}.
+    @return: the soft limit in force.
+    """
+    if limits is None:
+        import resource as limits
+    log = log or _log
+    soft, hard = limits.getrlimit(limits.RLIMIT_NOFILE)
+    target = (1 << 20) if hard == limits.RLIM_INFINITY else hard
+    if soft != limits.RLIM_INFINITY and soft < target:
+        try:
+            limits.setrlimit(limits.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warn("{program} could not raise its open-file limit from {soft} to "
+                     "{target}: {error}", program=program, soft=soft, target=target,
+                     error=str(e))
+            return soft
+        log.info("{program} raised its open-file limit from {soft} to {target}",
+                 program=program, soft=soft, target=target)
+        return target
+    return soft
 
 
 def add_listeners(top, reactor, descriptions, site, log):

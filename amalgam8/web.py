@@ -5,22 +5,28 @@ redirect, metrics per route and status, and error answers.
 """
 
 import json
+import math
 import os
 import time
+from urllib.parse import unquote_to_bytes
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from amalgam8.durations import parse_duration
 from amalgam8.errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = [
     "MAX_BODY",
+    "A8Channel",
+    "A8Request",
     "A8Site",
+    "connection_cap",
     "Front",
     "Metrics",
     "json_body",
@@ -33,11 +39,20 @@ _REQUEST_ID = b"a8-request-id"
 _FORWARDED_PROTO = b"x-forwarded-proto"
 _CONTENT_TYPE = b"content-type"
 
-_decoder = json.JSONDecoder(parse_constant=lambda name: _reject_constant(name))
-
-
 def _reject_constant(name):
     raise ValueError("{} is not JSON".format(name))
+
+
+def _finite_float(text):
+    # 1e400 is valid JSON but decodes to inf, which json.dumps writes back as Infinity
+    # (not JSON): refused here, it can never be stored or served.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("{} is out of range".format(text))
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def json_body(request, limit=MAX_BODY):
@@ -46,7 +61,8 @@ def json_body(request, limit=MAX_BODY):
 
     @raise UnsupportedMediaType: when the content type is not C{application/json}.
     @raise PayloadTooLarge: when the body is over C{limit} bytes.
-    @raise InvalidRequest: when the body is not JSON in UTF-8.
+    @raise InvalidRequest: when the body is not JSON in UTF-8, or has a number that is
+        not finite (C{1e400}, C{NaN}, C{Infinity}).
     """
     content_type = request.getHeader(_CONTENT_TYPE)
     if content_type is None:
@@ -337,6 +353,9 @@ class Front(Resource):
             road = self.road(request)
             if road is not None:
                 return road(request)
+        if b"%" in request.path and not _utf8_path(request.path):
+            # Klein would answer text/html and log a traceback.
+            return self.refuse(request, InvalidRequest("the path is not UTF-8"))
         started = self._now()
         request.route = "unmatched"
         self.request_id(request)
@@ -389,6 +408,15 @@ class Front(Resource):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
                              request.code, self._now() - started)
 
+    def refuse(self, request, error):
+        """Answer C{error} (an L{A8Error}) at once, in this server's error shape."""
+        started = self._now()
+        request.route = "unmatched"
+        self.request_id(request)
+        request.setResponseCode(error.status)
+        self._write(self.error_body(error.error_id, error.message), request, started)
+        return NOT_DONE_YET
+
     def not_allowed(self, request, allowed):
         """Answer 405 with C{Allow: allowed} (a list of method names)."""
         started = self._now()
@@ -403,15 +431,23 @@ class Front(Resource):
     @staticmethod
     def request_id(request):
         """Echo the request's C{A8-Request-Id}, or answer with a fresh UUID."""
-        given = request.requestHeaders.getRawHeaders(_REQUEST_ID)
-        rid = given[0] if given and 0 < len(given[0]) <= 128 and given[0].isascii() else None
-        if rid is None:
-            rid = fresh_request_id()
-        request.responseHeaders.setRawHeaders(_REQUEST_ID, [rid])
+        request.responseHeaders.setRawHeaders(
+            _REQUEST_ID, [request_id_for(request.requestHeaders)])
 
     def _finished(self, _ignored, request, started):
         self.metrics.observe(request.route, request.method.decode("ascii", "replace"),
                              request.code, self._now() - started)
+
+
+def request_id_for(headers):
+    """
+    The C{A8-Request-Id} to answer with: the one in C{headers} (L{Headers}, or L{None})
+    when it is 1-128 ASCII bytes, else a fresh one.
+    """
+    given = headers.getRawHeaders(_REQUEST_ID) if headers is not None else None
+    if given and 0 < len(given[0]) <= 128 and given[0].isascii():
+        return given[0]
+    return fresh_request_id()
 
 
 def fresh_request_id():
@@ -421,6 +457,14 @@ def fresh_request_id():
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     return "{}-{}-{}-{}-{}".format(h[:8], h[8:12], h[12:16], h[16:20], h[20:]).encode("ascii")
+
+
+def _utf8_path(path):
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _secure(request):
@@ -450,14 +494,224 @@ def controller_error(error_id, message):
                       separators=(",", ":")).encode("utf-8")
 
 
+#: The defaults of the servers' connection limits (the settings C{--read-timeout},
+#: C{--idle-timeout} and C{--max-connections} of L{amalgam8.settings.SERVER_SETTINGS}).
+READ_TIMEOUT = 10.0
+IDLE_TIMEOUT = 15.0
+#: File descriptors kept free of client connections under an automatic cap: the listening
+#: sockets, the store's and log's files, and the over-cap connections answered 503.
+FD_RESERVE = 64
+#: What an over-cap client is told to wait (C{Retry-After}, seconds).
+RETRY_AFTER = 1
+#: Seconds a refused connection stays half-closed (its answer sent, what the client still
+#: sends read and dropped) before it is aborted: closing at once with unread bytes would
+#: reset the connection, and the client could lose the answer.
+LINGER = 2.0
+
+
+class A8Channel(HTTPChannel):
+    """
+    The HTTP channel of the servers.
+
+    Where twisted.web would answer a bare C{400} (a bad request line or header), or close
+    without an answer (a line over C{MAX_LENGTH}), it answers the API's JSON error with an
+    C{A8-Request-Id} and closes. A request must arrive whole (line, headers and body) within
+    the site's C{read_timeout} of its first byte, or it is answered 408 and the connection
+    closed (a client sending a byte a second is not kept). A connection over the site's
+    cap (C{over_cap}) is answered 503 with C{Retry-After} as soon as it is accepted, so
+    that it holds its descriptor no longer than L{LINGER}.
+    """
+
+    over_cap = False
+    _deadline = None
+    _reading = None
+    _lingering = None
+    _refused = False
+
+    def connectionMade(self):
+        HTTPChannel.connectionMade(self)
+        if self.over_cap:
+            self.refuse(503, "Service Unavailable", "error_too_many_connections",
+                        "the server has {} connections open; retry later".format(
+                            self.site.connections), retry_after=RETRY_AFTER)
+        else:
+            self.site.connections += 1
+
+    def connectionLost(self, reason):
+        self._stop_reading()
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        if not self.over_cap:
+            self.site.connections -= 1
+        HTTPChannel.connectionLost(self, reason)
+
+    def dataReceived(self, data):
+        if self._refused:
+            return
+        timeout = self.site.read_timeout
+        if self._deadline is None and not self._handlingRequest and timeout:
+            # A request begins. One timer serves the requests that follow on the
+            # connection (it is moved on, not made anew per request: that cost a tenth
+            # of a small request's time).
+            self._deadline = self.site.reactor.seconds() + timeout
+            if self._reading is None:
+                self._reading = self.callLater(timeout, self._check_read)
+        HTTPChannel.dataReceived(self, data)
+
+    def allContentReceived(self):
+        self._deadline = None
+        if self._refused:
+            return
+        HTTPChannel.allContentReceived(self)
+
+    def _stop_reading(self):
+        self._deadline = None
+        if self._reading is not None:
+            if self._reading.active():
+                self._reading.cancel()
+            self._reading = None
+
+    def _check_read(self):
+        self._reading = None
+        if self._deadline is None:
+            return
+        left = self._deadline - self.site.reactor.seconds()
+        if left > 0:
+            self._reading = self.callLater(left, self._check_read)
+            return
+        self.refuse(408, "Request Timeout", "error_request_timeout",
+                    "the request did not arrive within {:g} s".format(self.site.read_timeout))
+
+    def lineLengthExceeded(self, line):
+        if self._HTTPChannel__first_line:
+            self.refuse(414, "URI Too Long", "error_uri_too_long",
+                        "the request line is longer than {} bytes".format(self.MAX_LENGTH))
+        else:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "a header line is longer than {} bytes".format(self.MAX_LENGTH))
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "the headers are larger than {} bytes".format(self.totalHeadersSize))
+        elif self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, "Request Header Fields Too Large", "error_headers_too_large",
+                        "more than {} headers".format(self.maxHeaders))
+        else:
+            self.refuse(400, "Bad Request", "error_bad_request", "malformed HTTP request")
+
+    def refuse(self, status, reason, error_id, message, retry_after=None):
+        """
+        Answer the request being read with C{status} and the site's error body, then close
+        (what follows on the connection is not read): half-close, and abort after
+        L{LINGER} unless the client has closed by then.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._buffer = b""  # LineReceiver's: no further line of it is parsed
+        self._stop_reading()
+        headers = self.requests[-1].requestHeaders if self.requests else None
+        body = self.site.error_body(error_id, message)
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"a8-request-id: " + request_id_for(headers) + b"\r\n",
+        ]
+        if retry_after is not None:
+            lines.append(b"retry-after: %d\r\n" % retry_after)
+        lines += [b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(lines))
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.loseConnection()
+            return
+        half_close()
+        self._lingering = self.callLater(LINGER, self.transport.abortConnection)
+
+
+class A8Request(Request):
+    """
+    A request whose unexpected failure outside the Klein app (a resource that raised) is
+    logged as a bug and answered with the API's JSON 500 and a request id, not
+    twisted.web's HTML page.
+    """
+
+    _a8_log = Logger()
+
+    def processingFailed(self, reason):
+        self._a8_log.failure("unexpected error answering {method} {uri}", reason,
+                             method=self.method, uri=self.uri)
+        if self.finished or self._disconnected:
+            return reason
+        body = self.site.error_body("error_internal", "internal error")
+        self.setResponseCode(500)
+        self.responseHeaders.setRawHeaders(
+            _REQUEST_ID, [request_id_for(self.requestHeaders)])
+        json_answer(self, body)
+        self.write(body)
+        self.finish()
+        return reason
+
+
 class A8Site(Site):
     """
-    A L{Site} with no per-request access log: metrics count every request, and a text log
-    line per request would cost more than answering it.
+    A L{Site} of L{A8Channel}s, with no per-request access log (metrics count every request,
+    and a text log line per request would cost more than answering it) and no parsing of
+    form bodies (a body is JSON or is refused with 415 by L{json_body}).
+
+    @ivar error_body: C{(error_id, message) -> bytes}, the API's error shape, for the
+        answers the channel gives before any resource sees the request; by default the
+        root resource's (L{Front.error_body}).
+    @ivar read_timeout: seconds a request may take to arrive whole (L{None}: no limit).
+    @ivar max_connections: the most connections served at once; the ones over it get 503.
+        L{None} until the site starts means the open-file limit less L{FD_RESERVE}.
+    @ivar connections: how many connections are served now.
     """
+
+    protocol = A8Channel
+    requestFactory = A8Request
+
+    def __init__(self, resource, error_body=None, read_timeout=READ_TIMEOUT,
+                 idle_timeout=IDLE_TIMEOUT, max_connections=None, reactor=None,
+                 getrlimit=None):
+        Site.__init__(self, resource, parsePOSTFormSubmission=False, timeout=idle_timeout,
+                      reactor=reactor)
+        self.error_body = error_body or getattr(resource, "error_body", registry_error)
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+        self._getrlimit = getrlimit
+
+    def startFactory(self):
+        Site.startFactory(self)
+        if self.max_connections is None:
+            self.max_connections = connection_cap(self._getrlimit)
+
+    def buildProtocol(self, addr):
+        channel = Site.buildProtocol(self, addr)
+        cap = self.max_connections
+        if cap is not None and self.connections >= cap:
+            channel.over_cap = True
+        return channel
 
     def log(self, request):
         pass
+
+
+def connection_cap(getrlimit=None, reserve=FD_RESERVE):
+    """
+    The automatic cap on connections: the soft open-file limit less C{reserve}, so that
+    accepting never fails for want of a descriptor (EMFILE) and a client over the cap
+    gets an answer (503).
+    """
+    import resource
+
+    soft, _hard = (getrlimit or resource.getrlimit)(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - reserve)
 
 
 class MetricsResource(Resource):

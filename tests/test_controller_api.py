@@ -2256,3 +2256,49 @@ class MetricsTenantTokenTests(ControllerTestCase):
         """Without the token (an admin JWT instead) /metrics is still 401."""
         self.assertEqual(self.request(b"GET", "/metrics").code, 401)
         self.assertEqual(self.request(b"GET", "/metrics", token=self.admin).code, 401)
+
+
+class NotUTF8PathTests(ControllerTestCase):
+    """
+    A path whose percent-escapes are not UTF-8 gets the controller's JSON 400 with a
+    request id, on the rule-read road (ControllerFront) and on the Klein routes (Klein
+    answered a text/html 400 and logged a traceback).
+    """
+
+    def assertNotUTF8(self, method, path, **kwargs):
+        answer = self.assertRejected(400, "error_bad_request", method, path,
+                                     headers={b"a8-request-id": b"probe-ff"}, **kwargs)
+        self.assertEqual(answer.header(b"content-type"), "application/json")
+        self.assertEqual(answer.header(b"a8-request-id"), "probe-ff")
+        self.assertEqual(answer.json()["description"], "the path is not UTF-8")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_rules_of_destination(self):
+        self.assertNotUTF8(b"GET", "/v1/rules/routes/%ff")
+
+    def test_rule(self):
+        self.assertNotUTF8(b"DELETE", "/v1/rules/%ff")
+
+    def test_other(self):
+        self.assertNotUTF8(b"POST", "/v1/%ff", json_body={})
+
+
+class NotFiniteTraceTests(ControllerTestCase):
+    """
+    C{POST /v1/traces} with a number out of range (C{1e400}) is refused with 400: it was
+    kept and served back as C{Infinity}, which is not JSON.
+    """
+
+    def test_refused(self):
+        self.assertRejected(
+            400, "error_invalid_json", b"POST", "/v1/traces",
+            data=b'{"records": [{"src": "a", "dst": "b", "x": 1e400}]}')
+        answer = self.request(b"GET", "/v1/traces")
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(answer.json()["records"], [])
+
+    def test_rules(self):
+        body = b'[{"id": "r1", "destination": "reviews", "priority": -1e400,' \
+               b' "route": {"backends": [{"tags": ["v1"]}]}}]'
+        self.assertRejected(400, "error_invalid_json", b"POST", "/v1/rules",
+                            data=b'{"rules": ' + body + b"}")

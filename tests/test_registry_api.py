@@ -1707,3 +1707,59 @@ class MetricsTenantTokenTests(RegistryTestCase):
         self.assertEqual(self.request(b"GET", "/metrics").code, 401)
         self.assertEqual(self.request(b"GET", "/metrics",
                                       token=make_jwt({"namespace": "admin"})).code, 401)
+
+
+class NotUTF8PathTests(RegistryTestCase):
+    """
+    A path whose percent-escapes are not UTF-8 gets the registry's JSON 400 with a request
+    id on the Klein routes (Klein answered a text/html 400 and logged a traceback); the
+    heartbeat's short road keeps its JSON 410 (such bytes spell no instance).
+    """
+
+    def assertNotUTF8(self, method, path):
+        before = self.snapshot()
+        answer = self.request(method, path, headers={b"a8-request-id": b"probe-ff"})
+        self.assertEqual(answer.code, 400, answer.body)
+        self.assertEqual(answer.header(b"content-type"), "application/json")
+        self.assertEqual(answer.header(b"a8-request-id"), "probe-ff")
+        self.assertEqual(answer.json(), {"Error": "the path is not UTF-8"})
+        self.assertEqual(self.snapshot(), before)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_services(self):
+        self.assertNotUTF8(b"GET", "/api/v1/services/%ff")
+
+    def test_instance(self):
+        self.assertNotUTF8(b"DELETE", "/api/v1/instances/%ff")
+
+    def test_heartbeat(self):
+        self.register()
+        before = self.snapshot()
+        for path in ("/api/v1/instances/%ff/heartbeat", "/api/v1/instances/%C3%28/heartbeat"):
+            answer = self.request(b"PUT", path, headers={b"a8-request-id": b"probe-ff"})
+            self.assertEqual(answer.code, 410, answer.body)
+            self.assertEqual(answer.header(b"content-type"), "application/json")
+            self.assertEqual(answer.header(b"a8-request-id"), "probe-ff")
+            self.assertEqual(list(answer.json()), ["Error"])
+        answer = self.request(b"GET", "/api/v1/instances/%ff/heartbeat")
+        self.assertEqual((answer.code, answer.header(b"allow")), (405, "PUT"))
+        self.assertEqual(self.snapshot(), before)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_utf8_escape_still_read(self):
+        """A path escaped in good UTF-8 is still routed (410: no such instance)."""
+        answer = self.request(b"PUT", "/api/v1/instances/%C3%A9/heartbeat")
+        self.assertEqual(answer.code, 410, answer.body)
+        self.assertEqual(list(answer.json()), ["Error"])
+
+
+class NotFiniteNumberTests(RegistryTestCase):
+    """A JSON number out of range (C{1e400}) is refused with 400 and stores nothing."""
+
+    def test_registration(self):
+        before = self.snapshot()
+        body = json.dumps(reg()).encode("utf-8")[:-1] + b', "metadata": {"x": 1e400}}'
+        answer = self.request(b"POST", INSTANCES, data=body)
+        self.assertEqual(answer.code, 400, answer.body)
+        self.assertEqual(list(answer.json()), ["Error"])
+        self.assertEqual(self.snapshot(), before)

@@ -11,7 +11,7 @@ from amalgam8.logs import configure as configure_logs
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
 from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
-from amalgam8.settings import SettingsOptions, add_listeners, check_server
+from amalgam8.settings import SettingsOptions, add_listeners, check_server, site_limits
 from amalgam8.settings import parse_duration_setting, parse_text
 from amalgam8.web import A8Site, Metrics
 
@@ -123,6 +123,6 @@ def makeService(options, reactor=None):
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    site = A8Site(api.resource())
+    site = A8Site(api.resource(), reactor=reactor, **site_limits(options))
     add_listeners(top, reactor, options["listen"], site, log)
     return top
