@@ -3,20 +3,15 @@
 C{twistd -n a8controller}: options, environment and the service tree of the controller.
 """
 
-
-from twisted.logger import Logger
-
-from amalgam8.auth import Authenticator, announce_fallback
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
-from amalgam8.logs import configure as configure_logs
-from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
-from amalgam8.settings import SettingsOptions, add_listeners, check_server, site_limits
+from amalgam8.server import server_parts
+from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
+from amalgam8.settings import SettingsOptions, check_server
 from amalgam8.settings import parse_duration_setting, parse_positive_int, parse_text
-from amalgam8.web import A8Site, Metrics
 
 __all__ = ["SETTINGS", "Options", "makeService"]
 
@@ -77,24 +72,17 @@ def makeService(options, reactor=None):
     """Build the controller: the rule store and one listener per C{--listen}."""
     if reactor is None:
         from twisted.internet import reactor
-    configure_logs(options["log-level"])
-    top = ServerService("a8controller")
+    parts = server_parts("controller", options, reactor)
     store = options.get("rule-store") or MemoryStore()
-    store.setServiceParent(top)
-    log = Logger(namespace="amalgam8.controller")
-    metrics = Metrics("a8_controller")
-    announce_fallback(log, options["auth-mode"])
+    store.setServiceParent(parts.top)
     api = ControllerAPI(
         store,
-        Authenticator(modes=options["auth-mode"], clock=reactor,
-                      jwt_secret=options["jwt-secret"], fallback=metrics.auth_fallback),
+        parts.authenticator,
         reactor,
         proxies=ProxyReports(reactor, options["proxy-report-interval"]),
         traces=TraceBuffer(options["trace-capacity"]),
-        metrics=metrics,
+        metrics=parts.metrics,
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    site = A8Site(api.resource(), reactor=reactor, **site_limits(options))
-    add_listeners(top, reactor, options["listen"], site, log)
-    return top
+    return parts.serve(api.resource())

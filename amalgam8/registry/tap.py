@@ -3,17 +3,12 @@
 C{twistd -n a8registry}: options, environment and the service tree of the registry.
 """
 
-
-from twisted.logger import Logger
-
-from amalgam8.auth import Authenticator, announce_fallback
-from amalgam8.logs import configure as configure_logs
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
-from amalgam8.settings import SERVER_SETTINGS, ServerService, Setting, SettingError
-from amalgam8.settings import SettingsOptions, add_listeners, check_server, site_limits
+from amalgam8.server import server_parts
+from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
+from amalgam8.settings import SettingsOptions, check_server
 from amalgam8.settings import parse_duration_setting, parse_text
-from amalgam8.web import A8Site, Metrics
 
 __all__ = ["SETTINGS", "Options", "makeService"]
 
@@ -104,25 +99,16 @@ def makeService(options, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor
-    configure_logs(options["log-level"])
-    top = ServerService("a8registry")
+    parts = server_parts("registry", options, reactor)
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
-    store.setServiceParent(top)
-    log = Logger(namespace="amalgam8.registry")
-    metrics = Metrics("a8_registry")
-    announce_fallback(log, options["auth-mode"])
-    authenticator = Authenticator(
-        modes=options["auth-mode"], clock=reactor, jwt_secret=options["jwt-secret"],
-        fallback=metrics.auth_fallback)
+    store.setServiceParent(parts.top)
     api = RegistryAPI(
         store,
-        authenticator,
+        parts.authenticator,
         reactor,
         ttl=TTLPolicy(options["default-ttl"], options["min-ttl"], options["max-ttl"]),
-        metrics=metrics,
+        metrics=parts.metrics,
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    site = A8Site(api.resource(), reactor=reactor, **site_limits(options))
-    add_listeners(top, reactor, options["listen"], site, log)
-    return top
+    return parts.serve(api.resource())
