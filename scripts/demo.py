@@ -9,12 +9,16 @@ page now shows:
   2. the user jason routed to reviews v2;
   3. a 7 s delay from reviews v2 to ratings for jason: jason's page loses its reviews after
      productpage's 3 s timeout, other users are unaffected;
-  4. a gradual shift of reviews to v3, measuring the real split at each step.
+  4. the same fault as a Gremlin recipe (examples/bookinfo/gremlin) run with
+     `a8ctl recipe-run` on jason's traffic: its checks FAIL on reviews v2; then jason is
+     routed to reviews v3 (a 2.5 s ratings timeout) and the recipe, the delay now from v3,
+     is run again: the page checks pass and only the cut call to ratings fails;
+  5. a gradual shift of reviews to v3, measuring the real split at each step.
 
 It stops everything it started at the end, on an error and on Ctrl-C.
 `--keep` leaves the mesh running and prints its URLs and a8ctl settings. `--check` turns
-every step into an assertion (exit status 1 when one fails) and `--fast` shortens the waits:
-the end-to-end test runs `demo.py --fast --check`.
+every step into an assertion (exit status 1 when one fails) and `--fast` shortens the waits
+(a 4 s delay, fewer recipe requests): the end-to-end test runs `demo.py --fast --check`.
 """
 
 import argparse
@@ -37,6 +41,7 @@ BIN = os.path.dirname(os.path.abspath(sys.executable))
 TWISTD = os.path.join(BIN, "twistd")
 A8CTL = os.path.join(BIN, "a8ctl")
 BOOKINFO = os.path.join(ROOT, "examples", "bookinfo", "bookinfo.py")
+RECIPE = os.path.join("examples", "bookinfo", "gremlin")       # relative to ROOT
 MARKERS = re.compile(r"<!-- bookinfo: (.*?) -->")
 
 
@@ -175,14 +180,19 @@ class Demo:
         self.json_out = json_out
         self.failures = []
 
-    def a8ctl(self, *args):
+    def a8ctl(self, *args, statuses=(0,), echo=True, timeout=60):
+        """
+        Run a8ctl from the repository's root, printing the command and (with C{echo}) what
+        it wrote; its exit status must be one of C{statuses}. Returns what it printed.
+        """
         print("$ a8ctl " + " ".join(_quote(a) for a in args), flush=True)
         done = subprocess.run([A8CTL] + list(args), env=self.mesh.env, capture_output=True,
-                              text=True, timeout=60)
-        for line in (done.stdout + done.stderr).strip().splitlines():
+                              text=True, timeout=timeout, cwd=ROOT)
+        for line in ((done.stdout if echo else "") + done.stderr).strip().splitlines():
             print("  " + line)
-        if done.returncode != 0:
+        if done.returncode not in statuses:
             raise StepFailed("a8ctl {} failed with status {}".format(args[0], done.returncode))
+        return done.stdout
 
     def page(self, user=None):
         headers = {"Cookie": "user=" + user} if user else {}
@@ -245,7 +255,9 @@ class Demo:
                     "jason's reviews time out after productpage's 3 s; others are unaffected")
         self.a8ctl("action-clear", "--destination", "ratings", "--wait")
 
-        print("\n== 4. shifting reviews from v1 to v3", flush=True)
+        self.recipe_step(fast)
+
+        print("\n== 5. shifting reviews from v1 to v3", flush=True)
         samples = 200
         self.a8ctl("route-set", "reviews", "--default", "v1", "--wait")
         self.a8ctl("traffic-start", "reviews", "v3", "--amount", "25", "--wait")
@@ -259,9 +271,106 @@ class Demo:
                                                                    percent, bar), flush=True)
             expected = percent / 100.0
             bound = 4 * math.sqrt(max(expected * (1 - expected), 0.0001) / len(seen)) + 0.02
-            self.expect(4, abs(share - expected) <= bound,
+            self.expect(5, abs(share - expected) <= bound,
                         "v3 share {:.2f} within {:.2f} of {:.2f}".format(share, bound, expected))
         return not self.failures
+
+    def recipe_step(self, fast):
+        """
+        Step 4: the fault of step 3 as a Gremlin recipe, run by C{a8ctl recipe-run} on
+        jason's traffic (the test header is his cookie), first against reviews v2, then,
+        with jason routed to reviews v3 and the delay moved along, against v3.
+        """
+        delay = 4 if fast else 7
+        requests, concurrency = (4, 4) if fast else (20, 10)
+        print("\n== 4. the bookinfo recipe: a {} s delay from reviews to ratings, for "
+              "jason's test requests".format(delay), flush=True)
+        v2 = self.recipe("gremlins.json", requests, concurrency, fast)
+        print("  (the page takes two of productpage's 3 s tries of reviews: too slow, and "
+              "reviews is cut off)")
+        self.expect_results(4, "v2", v2, RECIPE_V2)
+        self.a8ctl("route-set", "reviews", "--default", "v1", "--selector",
+                   'v3(user="jason")', "--wait")
+        v3 = self.recipe("gremlins-v3.json", requests, concurrency, fast)
+        print("  (reviews v3 gives ratings 2.5 s and answers without them: the page is in "
+              "time, only the call to ratings is cut)")
+        self.expect_results(4, "v3", v3, RECIPE_V3)
+        # Back to where step 3 left jason (step 5 starts from there).
+        self.a8ctl("route-set", "reviews", "--default", "v1", "--selector",
+                   'v2(user="jason")', "--wait")
+
+    def recipe(self, scenarios, requests, concurrency, fast):
+        """
+        Run the recipe with C{scenarios} (in --fast, a copy with a 4 s delay) through the
+        gateway as jason; print its table and return its --json report, or L{None} when it
+        could not run.
+        """
+        path = os.path.join(RECIPE, scenarios)
+        if fast:
+            with open(os.path.join(ROOT, path)) as f:
+                recipe = json.load(f)
+            for gremlin in recipe["gremlins"]:
+                gremlin["delaytime"] = "4s"
+            path = os.path.join(self.mesh.workdir, "fast-" + scenarios)
+            with open(path, "w") as f:
+                json.dump(recipe, f, indent=2)
+        output = self.a8ctl(
+            "recipe-run", "--topology", os.path.join(RECIPE, "topology.json"),
+            "--scenarios", path, "--checks", os.path.join(RECIPE, "checks.json"),
+            "--header", "Cookie", "--pattern", "user=jason",
+            "--load", str(requests), "--concurrency", str(concurrency),
+            "--gateway", self.mesh.gateway + "/productpage/productpage", "--json",
+            statuses=(0, 1), echo=False, timeout=180)
+        try:
+            report = json.loads(output)
+        except ValueError:
+            raise StepFailed("a8ctl recipe-run printed no JSON report: {!r}".format(
+                output[-300:]))
+        load = report.get("load") or {}
+        print("  recipe {}: {} requests, answers {}, in {:.1f} s".format(
+            report["recipe_id"], load.get("sent"), load.get("statuses"),
+            load.get("elapsed") or 0), flush=True)
+        print("  {:<22} {:<22} {:<4}  {}".format("check", "source -> dest", "", "seen"))
+        for result in report["results"]:
+            print("  {:<22} {:<22} {:<4}  {}".format(
+                result["name"], "{} -> {}".format(result["source"], result["dest"]),
+                "PASS" if result["passed"] else "FAIL", result["seen"]), flush=True)
+        left = json.loads(self.a8ctl("--json", "rule-get", "-t", report["recipe_id"],
+                                     echo=False))["rules"]
+        print("  the recipe's rules left behind: {}".format(len(left)), flush=True)
+        report["rules_left"] = left
+        return report
+
+    def expect_results(self, step, label, report, expected):
+        """Every check of C{report} came out as C{expected} says, and no rule is left."""
+        outcome = {(r["name"], r["source"], r["dest"]): r["passed"] for r in report["results"]}
+        self.expect(step, outcome == expected, "{}: checks {}, seen {}".format(
+            label, _verdicts(expected), _verdicts(outcome)))
+        self.expect(step, report["passed"] == all(expected.values()),
+                    "{}: the recipe {}".format(label, "passes" if all(expected.values())
+                                               else "fails"))
+        self.expect(step, report["rules_left"] == [],
+                    "{}: recipe-run removed its rules".format(label))
+
+
+#: The outcome of each bookinfo check (name, source, dest) in the two runs of step 4.
+RECIPE_V2 = {
+    ("bounded_response_time", "gateway", "productpage"): False,
+    ("http_status", "gateway", "productpage"): True,
+    ("http_status", "productpage", "reviews"): False,
+    ("http_status", "reviews", "ratings"): False,
+}
+RECIPE_V3 = {
+    ("bounded_response_time", "gateway", "productpage"): True,
+    ("http_status", "gateway", "productpage"): True,
+    ("http_status", "productpage", "reviews"): True,
+    ("http_status", "reviews", "ratings"): False,
+}
+
+
+def _verdicts(outcome):
+    return ", ".join("{} {}->{} {}".format(name, source, dest, "PASS" if passed else "FAIL")
+                     for (name, source, dest), passed in sorted(outcome.items()))
 
 
 def _quote(arg):
