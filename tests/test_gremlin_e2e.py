@@ -198,8 +198,9 @@ class RecipeRunTests(RecipeRunMixin, Mesh):
 
     async def test_cleanup_when_the_load_fails_or_is_interrupted(self):
         """
-        A load script that exits 3 makes the run exit 2, and SIGINT to a8ctl while its load
-        script runs stops it; both times the rules the run pushed are deleted.
+        A load script that exits 3 makes the run exit 2; SIGINT to a8ctl while its load
+        script runs stops the script and the run (exit 130); both times the rules the run
+        pushed are deleted.
         """
         before, _ = await self.rules()
         failing = self.write("load_fails.py", "import sys\nsys.exit(3)\n")
@@ -231,8 +232,9 @@ class RecipeRunTests(RecipeRunMixin, Mesh):
         self.assertTrue(rules, "the recipe's rules are pushed before its load")
         process.transport.signalProcess("INT")
         code, _ = await process.ended(timeout=15)
-        self.assertNotEqual(code, 0, process.stdout + process.stderr)
+        self.assertEqual(code, 130, process.stdout + process.stderr)
         self.assertEqual((await self.rules())[1], [])
+        self.assertFalse(alive(pid), "the load script outlived the interrupted run")
 
     def kill_if_alive(self, pid):
         if alive(pid):
