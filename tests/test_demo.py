@@ -14,6 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
+from tests.helpers import child_environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "scripts", "demo.py")
 
@@ -43,7 +45,7 @@ class DemoTests(TestCase):
         protocol = _Collect()
         process = reactor.spawnProcess(
             protocol, sys.executable, [sys.executable, DEMO, "--fast", "--check", "--json"],
-            env=dict(os.environ), path=ROOT)
+            env=child_environment({}), path=ROOT)
 
         def kill():
             try:
