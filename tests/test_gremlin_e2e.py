@@ -270,6 +270,6 @@ class BadRecipeTests(RecipeRunMixin, MeshTestCase):
         self.assertEqual(len(lines), 1, err)
         self.assertIn("checks.json", lines[0])
         self.assertIn("status", lines[0])
-        self.assertIn("2", lines[0].replace("checks.json", ""), "names the entry")
+        self.assertIn("checks[2]", lines[0], "names the entry")
         self.assertNotIn("Traceback", out + err)
         self.assertEqual(await self.rules(), before)
