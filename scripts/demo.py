@@ -328,9 +328,9 @@ class Demo:
         print("  recipe {}: {} requests, answers {}, in {:.1f} s".format(
             report["recipe_id"], load.get("sent"), load.get("statuses"),
             load.get("elapsed") or 0), flush=True)
-        print("  {:<22} {:<22} {:<4}  {}".format("check", "source -> dest", "", "seen"))
+        print("  {:<22} {:<24} {:<6} {}".format("check", "source -> dest", "result", "seen"))
         for result in report["results"]:
-            print("  {:<22} {:<22} {:<4}  {}".format(
+            print("  {:<22} {:<24} {:<6} {}".format(
                 result["name"], "{} -> {}".format(result["source"], result["dest"]),
                 "PASS" if result["passed"] else "FAIL", result["seen"]), flush=True)
         left = json.loads(self.a8ctl("--json", "rule-get", "-t", report["recipe_id"],
