@@ -11,9 +11,8 @@ import os
 
 import attrs
 import yaml
-from twisted.internet.task import deferLater
 
-from amalgam8 import __version__
+from amalgam8 import __version__, live
 from amalgam8.client import APIError, Unreachable
 from amalgam8.cli.output import Outcome, table
 from amalgam8.cli.selectors import (
@@ -34,9 +33,6 @@ from amalgam8.rules import InvalidRequest, validate_rules
 
 __all__ = ["CommandError", "Context", "COMMANDS", "wait_until_live", "WaitTimeout",
            "RuleRejected"]
-
-POLL_INTERVAL = 0.5
-
 
 class CommandError(Exception):
     """A command cannot do what it was asked; the message is the one line to show."""
@@ -607,45 +603,17 @@ async def recipe_run(ctx, options):
 
 async def wait_until_live(ctx, revision, timeout):
     """
-    Poll C{GET /v1/rules/status} until the controller is at C{revision} (or later) and every
-    reporting proxy has applied it (SPEC B2).
+    L{amalgam8.live.wait_until_live} on a8ctl's controller, its errors as a8ctl's.
 
-    @param revision: the revision to wait for; L{None} means the current one.
-    @return: the last status.
     @raise WaitTimeout: when C{timeout} seconds pass first.
-    @raise RuleRejected: as soon as a proxy reports that it skipped a rule of the revision
-        waited for (it will not compile it later either), naming the rule and the reason.
+    @raise RuleRejected: as soon as a proxy reports that it skipped a rule of the revision.
     """
-    clock = ctx.reactor
-    deadline = clock.seconds() + timeout
-    while True:
-        status = await ctx.controller.status()
-        current = status.get("revision", 0)
-        target = current if revision is None else revision
-        proxies = status.get("proxies", 0)
-        in_sync = status.get("in_sync", 0)
-        rejected = status.get("rejected") or []
-        if current >= target and rejected:
-            raise RuleRejected("revision {} is not live: {}".format(current, "; ".join(
-                "rule {} was rejected by {} prox{} ({}): {}".format(
-                    r.get("id"), len(r.get("proxies", [])),
-                    "y" if len(r.get("proxies", [])) == 1 else "ies",
-                    ", ".join(r.get("proxies", [])[:5]), r.get("error"))
-                for r in rejected)))
-        if current >= target and in_sync >= proxies:
-            status["target"] = target
-            return status
-        remaining = deadline - clock.seconds()
-        if remaining <= 0:
-            lagging = ", ".join("{} at {}".format(p.get("proxy_id"), p.get("revision"))
-                                for p in status.get("lagging", [])[:5])
-            if len(status.get("lagging", [])) > 5:
-                lagging += ", ..."
-            raise WaitTimeout(
-                "timed out after {:g}s waiting for revision {}: {} of {} proxies in sync{}"
-                .format(timeout, target, in_sync, proxies,
-                        " (lagging: {})".format(lagging) if lagging else ""))
-        await deferLater(clock, min(POLL_INTERVAL, remaining), lambda: None)
+    try:
+        return await live.wait_until_live(ctx.reactor, ctx.controller, revision, timeout)
+    except live.Rejected as e:
+        raise RuleRejected(str(e)) from None
+    except live.NotLive as e:
+        raise WaitTimeout(str(e)) from None
 
 
 COMMANDS = {
