@@ -752,13 +752,8 @@ class ErrorTests(A8ctlTestCase):
                          (0, "a8ctl (amalgam8) {}\n".format(amalgam8.__version__)))
         failure = self.failureResultOf(Deferred.fromCoroutine(
             main(MemoryReactorClock(), ["recipe-run"])), SystemExit)
-        self.assertEqual(failure.value.code, 1)
-        self.assertIn("not available yet", err.getvalue())
-
-    def test_recipe_run(self):
-        """recipe-run says it is not available yet, exit 1."""
-        self.assertIn("recipe-run is not available yet (it needs Gremlin",
-                      self.fails("recipe-run", "--topology", "t.json"))
+        self.assertEqual(failure.value.code, 2)
+        self.assertIn("recipe-run needs --topology", err.getvalue())
 
 
 class TokenTests(A8ctlTestCase):

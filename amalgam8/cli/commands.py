@@ -35,7 +35,13 @@ __all__ = ["CommandError", "Context", "COMMANDS", "wait_until_live", "WaitTimeou
            "RuleRejected"]
 
 class CommandError(Exception):
-    """A command cannot do what it was asked; the message is the one line to show."""
+    """
+    A command cannot do what it was asked; the message is the one line to show.
+
+    @cvar status: the exit status.
+    """
+
+    status = 1
 
 
 class WaitTimeout(CommandError):
@@ -58,12 +64,14 @@ class Context:
     @ivar registry: an L{amalgam8.cli.api.Registry}.
     @ivar controller: an L{amalgam8.cli.api.Controller}.
     @ivar stdin: the text stream C{-f -} reads.
+    @ivar stderr: the text stream for errors (and, on a terminal, progress).
     """
 
     reactor: object
     registry: object
     controller: object
     stdin: object = None
+    stderr: object = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -535,7 +543,7 @@ async def traffic_abort(ctx, options):
                         "transfer to {} aborted".format(version_of(current["tags"])))
 
 
-# -- info and recipes ------------------------------------------------------------------------
+# -- info ------------------------------------------------------------------------
 
 
 def _failure(e):
@@ -593,11 +601,6 @@ async def info(ctx, options):
     return Outcome(data, table(["Setting", "Value"], rows))
 
 
-async def recipe_run(ctx, options):
-    raise CommandError("recipe-run is not available yet (it needs Gremlin, which this "
-                       "amalgam8 does not ship)")
-
-
 # -- waiting ---------------------------------------------------------------------------------
 
 
@@ -632,7 +635,6 @@ COMMANDS = {
     "traffic-step": traffic_step,
     "traffic-abort": traffic_abort,
     "info": info,
-    "recipe-run": recipe_run,
 }
 
 # BadSyntax is a user's mistake too: main reports it like a CommandError.
