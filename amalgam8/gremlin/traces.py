@@ -258,26 +258,26 @@ class _Reader:
             chunk = f.read(self.CHUNK)
             if not chunk:
                 return offset
-            lines = (rest + chunk).split(b"\n")
+            data = rest + chunk
+            lines = data.split(b"\n")
             rest = lines.pop()
-            for line in lines:
-                offset += len(line) + 1
-                self.line(line)
+            offset += len(data) - len(rest)
+            self.lines(lines)
 
-    def line(self, line):
-        line = line.strip()
-        if not line:
-            return
-        if self._needle not in line or self._key not in line:
-            if not (line.startswith(b"{") and line.endswith(b"}")):
-                self.skipped += 1
-            return
-        try:
-            record = json.loads(line)
-        except ValueError:
-            self.skipped += 1
-            return
-        if not isinstance(record, dict):
-            self.skipped += 1
-        elif LOG_KEY in record and str(record[LOG_KEY]) == self.recipe_id:
-            self.records.append(record)
+    def lines(self, lines):
+        # In bulk (list comprehensions): most lines of a full access log are other traffic.
+        lines = [line.strip() for line in lines]
+        needle, key = self._needle, self._key
+        self.skipped += len([line for line in lines if line and not (
+            line.startswith(b"{") and line.endswith(b"}"))])
+        for line in [line for line in lines if needle in line and key in line]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.startswith(b"{") and line.endswith(b"}"):
+                    self.skipped += 1   # it looked like one: not counted above
+                continue
+            # (A line that is valid JSON but no object was counted above.)
+            if isinstance(record, dict) and str(record.get(LOG_KEY)) == self.recipe_id \
+                    and LOG_KEY in record:
+                self.records.append(record)
