@@ -163,6 +163,17 @@ class SendRequestsTests(SynchronousTestCase):
         self.assertEqual(len(self.resource.seen), 3)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_progress_fails(self):
+        """An error of progress fails the load and cancels the other requests."""
+        d = send_requests(self.http, self.clock, URL, 10, 3, ids,
+                          progress=lambda done, n: 1 / 0)
+        self.answer(count=1)
+        self.failureResultOf(d, ZeroDivisionError)
+        self.http.flush()
+        self.assertEqual(self.resource.lost, 2)
+        self.assertEqual(len(self.resource.seen), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_none(self):
         """Zero requests is an empty result at once."""
         result = self.successResultOf(self.send(count=0))

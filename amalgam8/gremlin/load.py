@@ -110,6 +110,8 @@ class _Load:
             try:
                 await gatherResults(workers, consumeErrors=True)
             except FirstError as e:
+                for worker in workers:
+                    worker.cancel()   # one failed (headers_for or progress raised): stop all
                 e.subFailure.raiseException()
         return LoadResult(self.sent, self.statuses, self.errors,
                           self.clock.seconds() - start, tuple(self.request_ids))
