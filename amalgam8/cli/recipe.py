@@ -174,7 +174,12 @@ async def recipe_run(ctx, options):
             raise RecipeUsage("cannot write --junit {}: no directory {}".format(
                 options.junit, folder))
     if options.logs is not None:
-        traces = LogDirTraces(options.logs)
+        if not os.path.isdir(options.logs):
+            raise RecipeUsage("--logs {}: no such directory".format(options.logs))
+        if hasattr(ctx.reactor, "getThreadPool"):
+            traces = LogDirTraces.from_reactor(ctx.reactor, options.logs)
+        else:
+            traces = LogDirTraces(options.logs)
     else:
         traces = ControllerTraces(ctx.controller)
     progress = _progress(ctx.stderr)

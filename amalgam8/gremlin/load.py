@@ -48,6 +48,8 @@ class LoadResult:
         reasons; the rest under C{"other"}).
     @ivar elapsed: seconds from the first request to the last answer.
     @ivar request_ids: the C{X-Request-ID} of each request sent, in order of sending.
+    @ivar unanswered: the C{X-Request-ID}s of the requests that got no response (they may
+        never have reached a proxy, so no trace record of them is waited for).
     """
 
     sent: int
@@ -55,6 +57,7 @@ class LoadResult:
     errors: collections.Counter
     elapsed: float
     request_ids: tuple
+    unanswered: tuple = ()
 
     def to_json(self):
         return {"sent": self.sent,
@@ -98,6 +101,7 @@ class _Load:
     statuses: collections.Counter = attrs.Factory(collections.Counter)
     errors: collections.Counter = attrs.Factory(collections.Counter)
     request_ids: list = attrs.Factory(list)
+    unanswered: list = attrs.Factory(list)
     sent: int = 0
     done: int = 0
 
@@ -114,7 +118,8 @@ class _Load:
                     worker.cancel()   # one failed (headers_for or progress raised): stop all
                 e.subFailure.raiseException()
         return LoadResult(self.sent, self.statuses, self.errors,
-                          self.clock.seconds() - start, tuple(self.request_ids))
+                          self.clock.seconds() - start, tuple(self.request_ids),
+                          tuple(self.unanswered))
 
     async def worker(self, indices):
         for i in indices:
@@ -123,7 +128,10 @@ class _Load:
             if request_id is not None:
                 self.request_ids.append(request_id)
             self.sent += 1
-            self.statuses[await self.one(headers)] += 1
+            status = await self.one(headers)
+            self.statuses[status] += 1
+            if not status and request_id is not None:
+                self.unanswered.append(request_id)
             self.done += 1
             if self.progress is not None:
                 self.progress(self.done, self.count)

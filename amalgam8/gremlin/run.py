@@ -27,6 +27,7 @@ from amalgam8 import live
 from amalgam8.client import APIError, Unreachable
 from amalgam8.gremlin.checks import run_checks
 from amalgam8.gremlin.load import run_script, send_requests
+from amalgam8.gremlin.traces import TraceSourceError
 from amalgam8.gremlin.recipe import (RecipeError, fault_rules, header_value, max_delay,
                                      request_id_prefix, trace_rules)
 
@@ -101,9 +102,7 @@ class PassReport:
     def to_json(self):
         load = self.load
         if load is not None and not isinstance(load, dict):
-            load = {"sent": load.sent,
-                    "statuses": {str(code): n for code, n in sorted(load.statuses.items())},
-                    "elapsed": round(load.elapsed, 3)}
+            load = load.to_json()
         return {"recipe_id": self.recipe_id, "passed": self.passed, "rules": self.rules,
                 "records": self.records, "load": load,
                 "results": [result.to_json() for result in self.results]}
@@ -307,10 +306,10 @@ class RecipeRun:
         report.load = result
         if not any(code for code in result.statuses if code):
             raise CannotRun("none of the {} test requests was answered by {}: {}".format(
-                result.sent, options.gateway, "; ".join(result.errors[:3]) or "no answer"))
+                result.sent, options.gateway,
+                "; ".join(list(result.errors)[:3]) or "no answer"))
         # A request that got no answer at all may never have reached a proxy.
-        codes = getattr(result, "codes", None) or [1] * len(result.ids)
-        return {rid for rid, code in zip(result.ids, codes) if code}
+        return set(result.request_ids) - set(result.unanswered)
 
     async def _collect(self, tag, expected, delay):
         """
@@ -336,7 +335,7 @@ class RecipeRun:
             try:
                 new, cursor = await self.traces.fetch(tag, cursor)
                 problem = None
-            except (APIError, Unreachable, OSError) as e:
+            except (APIError, Unreachable, TraceSourceError, OSError) as e:
                 new, problem = [], str(e)
             now = clock.seconds()
             if new:
