@@ -637,13 +637,17 @@ def _reach(action):
 def max_delay(recipe):
     """
     The longest a test call may be held by the recipe's delays, in seconds (0 when it has
-    none): per faulted call, the delays that apply add up (the proxy runs each in turn);
-    a random delay counts with its 99.9th percentile.
+    none): per faulted call, the delays that apply to its backend add up (the proxy runs
+    each in turn); a random delay counts with its 99.9th percentile.
     """
     longest = 0.0
     for rule in fault_rules(recipe, "max-delay"):
-        longest = max(longest, sum(_reach(a) for a in rule["actions"]
-                                   if a["action"] == "delay"))
+        delays = [(set(a.get("tags", ())), _reach(a)) for a in rule["actions"]
+                  if a["action"] == "delay"]
+        # A call routed to a backend with the tags of one delay gets every delay whose
+        # tags it carries too.
+        for tags, _ in delays:
+            longest = max(longest, sum(reach for have, reach in delays if have <= tags))
     return longest
 
 
