@@ -397,6 +397,11 @@ class PatternTests(RecipeTestsMixin, SynchronousTestCase):
         self.assertEqual(str(e.exception), "header 'X Bad' with pattern 'gremlin-': bad "
                          "header 'X Bad:^gremlin-': expected NAME:PATTERN, such as X-Foo:bar.*")
 
+    def test_not_text(self):
+        with self.assertRaises(RecipeError) as e:
+            fault_rules(self.recipe, "r1", header=None, pattern=3)
+        self.assertEqual(str(e.exception), "header None with pattern 3: both must be text")
+
     def test_request_id_prefix(self):
         self.assertEqual(request_id_prefix("X-Request-ID", None), "gremlin-")
         self.assertEqual(request_id_prefix("x-request-id", "t-"), "t-")

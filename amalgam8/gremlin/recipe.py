@@ -25,7 +25,6 @@ forwards the request (SPEC A4):
 
 import json
 import math
-import os
 import re
 
 import yaml
@@ -543,8 +542,9 @@ def _faults(gremlin, dest):
 def _header_pattern(header, pattern):
     """The regular expression the test header must match."""
     pattern = DEFAULT_PATTERN if pattern is None else pattern
-    if not isinstance(pattern, str):
-        raise RecipeError("pattern: must be text, not {}".format(_show(pattern)))
+    if not isinstance(pattern, str) or not isinstance(header, str):
+        raise RecipeError("header {} with pattern {}: both must be text".format(
+            _show(header), _show(pattern)))
     literal, anything = _split_glob(pattern)
     if header.lower() == "cookie" and (literal or not anything):
         name, equals, value = literal.partition("=")
