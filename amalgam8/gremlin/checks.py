@@ -114,20 +114,6 @@ def _request_id(record):
     return value if type(value) is str and value else None
 
 
-def _times(record):
-    """(start, end) in seconds, or L{None} when the record lacks them."""
-    start, took = record.get("timestamp_in_ms"), record.get("request_time")
-    if type(start) not in _NUMBER or type(took) not in _NUMBER:
-        return None
-    start = start / 1000.0
-    return start, start + took
-
-
-def _failed(status):
-    """A call's failure as a circuit breaker counts it: 5xx, a reset (< 0), a cut (499)."""
-    return status >= 500 or status < 0 or status == 499
-
-
 class _Check:
     """
     One check's state while the records stream by: C{offer(record)} for each record of its
@@ -248,18 +234,13 @@ class _PerRequest(_Check):
         self.groups = {}
 
     def key(self, record):
-        request_id = _request_id(record)
-        if request_id is None:
+        request_id = record.get("request_id")
+        if type(request_id) is not str or not request_id:
             return None
-        if self.by_uri:
-            path = record.get("path")
-            if type(path) is not str:
-                return None
-            return request_id, path
-        return request_id
-
-    def unit(self):
-        return "request id and path" if self.by_uri else "request id"
+        if not self.by_uri:
+            return request_id
+        path = record.get("path")
+        return (request_id, path) if type(path) is str else None
 
     def units(self, number):
         if self.by_uri:
@@ -297,13 +278,17 @@ class _AtMostRequests(_PerRequest):
 
 class _BoundedRetries(_PerRequest):
     """
-    Per group: [attempts, proxy retries, start, end, start, end, ...] (the times only when
-    C{wait_time} is given).
+    Per group: C{groups} its attempts, C{retries} the proxy's retries inside them (when
+    any); with C{wait_time}, C{times} the (start, end) of its attempts, as an array of
+    floats when there are several (no object per attempt for the garbage collector to
+    walk).
     """
 
     def __init__(self, check):
         super().__init__(check)
         self.wait = self.args.get("wait_time")
+        self.retries = {}
+        self.times = {}
 
     def offer(self, record):
         key = self.key(record)
@@ -312,29 +297,39 @@ class _BoundedRetries(_PerRequest):
             self.malformed += 1
             return
         if self.wait is not None:
-            times = _times(record)
-            if times is None:
+            start, took = record.get("timestamp_in_ms"), record.get("request_time")
+            if type(start) not in _NUMBER or type(took) not in _NUMBER:
                 self.malformed += 1
                 return
+            start = start / 1000.0
+            times = self.times.get(key)
+            if times is None:
+                # The common case, one attempt: a complex number (start, end), one small
+                # object the garbage collector never walks.
+                self.times[key] = complex(start, start + took)
+            elif type(times) is complex:
+                self.times[key] = array("d", (times.real, times.imag, start, start + took))
+            else:
+                times.append(start)
+                times.append(start + took)
         self.records += 1
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = [0, 0]
-        group[0] += 1
-        group[1] += retries
-        if self.wait is not None:
-            group.extend(times)
+        groups = self.groups
+        groups[key] = groups.get(key, 0) + 1
+        if retries:
+            self.retries[key] = self.retries.get(key, 0) + retries
 
     def verdict(self):
         limit = self.args["retries"]
+        extra = self.retries.get
         most, retried, over = 0, 0, []
-        for key, group in self.groups.items():
-            count = group[0] - 1 + group[1]
-            most = max(most, count)
+        for key, attempts in self.groups.items():
+            count = attempts - 1 + extra(key, 0)
             if count:
                 retried += 1
-            if count > limit:
-                over.append(key)
+                if count > most:
+                    most = count
+                if count > limit:
+                    over.append(key)
         for key in over:
             self.example(self.name(key))
         figures = {"groups": len(self.groups), "retried": retried, "over": len(over),
@@ -362,12 +357,12 @@ class _BoundedRetries(_PerRequest):
 
     def spacing(self):
         """(gaps below wait_time - errdelta, gaps, the smallest gap or L{None})."""
-        floor = self.wait - self.args.get("errdelta", 0.0)
+        floor = self.wait - self.args["errdelta"]
         early, gaps, least = 0, 0, None
-        for key, group in self.groups.items():
-            if group[0] < 2:
+        for key, times in self.times.items():
+            if type(times) is complex:
                 continue
-            pairs = sorted(zip(group[2::2], group[3::2]))
+            pairs = sorted(zip(times[::2], times[1::2]))
             bad = False
             for (_, end), (start, _) in zip(pairs, pairs[1:]):
                 gap = start - end
@@ -396,9 +391,9 @@ class _CircuitBreaker(_Check):
         self.edges = {}
 
     def offer(self, record):
-        times = _times(record)
+        start, took = record.get("timestamp_in_ms"), record.get("request_time")
         status = record.get("status")
-        if times is None or type(status) is not int:
+        if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
             self.malformed += 1
             return
         self.records += 1
@@ -406,10 +401,11 @@ class _CircuitBreaker(_Check):
         calls = self.edges.get(edge)
         if calls is None:
             calls = self.edges[edge] = (array("d"), array("d"), bytearray(), [])
-        calls[0].append(times[0])
-        calls[1].append(times[1])
-        calls[2].append(_failed(status))
-        calls[3].append(_request_id(record))
+        start = start / 1000.0
+        calls[0].append(start)
+        calls[1].append(start + took)
+        calls[2].append(status >= 500 or status < 0 or status == 499)
+        calls[3].append(record.get("request_id"))
 
     def verdict(self):
         total = _Replay(self.args)
@@ -514,19 +510,20 @@ class _Bulkhead(_Check):
         slow = self.args["slow_dest"]
         self.dependencies = [d for d in self.args["dependencies"] if d != slow]
         self.calls = [0] * len(self.dependencies)
-        self.first = self.last = None
+        self.first, self.last = float("inf"), float("-inf")
         self.destinations = {}
 
     def offer(self, record):
-        times = _times(record)
-        if times is None:
+        start, took = record.get("timestamp_in_ms"), record.get("request_time")
+        if type(start) not in _NUMBER or type(took) not in _NUMBER:
             self.malformed += 1
             return
         self.records += 1
-        if self.first is None or times[0] < self.first:
-            self.first = times[0]
-        if self.last is None or times[1] > self.last:
-            self.last = times[1]
+        start = start / 1000.0
+        if start < self.first:
+            self.first = start
+        if start + took > self.last:
+            self.last = start + took
         dst = record["dst"]
         hits = self.destinations.get(dst)
         if hits is None:
@@ -567,17 +564,25 @@ class _NoProxyErrors(_Check):
 
     def offer(self, record):
         status = record.get("status")
+        if type(status) is not int:
+            self.malformed += 1
+            return
+        exhausted = record.get("retry_budget_exhausted") is True
+        if status < 400 or status == 499:
+            self.records += 1
+            if exhausted:
+                self.exhausted += 1
+                self.example(_request_id(record))
+            return
         actions = record.get("actions", "")
         upstream = record.get("upstream_status", "")
-        if type(status) is not int or type(actions) is not str or type(upstream) is not str:
+        if type(actions) is not str or type(upstream) is not str:
             self.malformed += 1
             return
         self.records += 1
-        exhausted = record.get("retry_budget_exhausted") is True
         if exhausted:
             self.exhausted += 1
-        if (status >= 400 and status != 499 and "abort" not in actions
-                and not upstream.replace("-", "").replace(",", "").strip()):
+        if "abort" not in actions and not upstream.replace("-", "").replace(",", "").strip():
             self.errors[status] = self.errors.get(status, 0) + 1
         elif not exhausted:
             return
