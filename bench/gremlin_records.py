@@ -18,7 +18,7 @@ import random
 
 from amalgam8.gremlin.model import CHECKS, REQUIRED, Check, Service
 
-__all__ = ["records", "bench_checks", "RECIPE_ID"]
+__all__ = ["records", "bench_checks", "make_check", "RECIPE_ID"]
 
 RECIPE_ID = "bench"
 _REVIEWS = ("reviews:v1", "reviews:v2", "reviews:v3")
@@ -83,7 +83,8 @@ def records(count, seed=11, start=1700000000.0):
         n += 1
 
 
-def _check(name, source, dest, **args):
+def make_check(name, source=None, dest=None, **args):
+    """A L{Check} as the recipe loader makes it: C{args} over the defaults of CHECKS."""
     full = {key: default for key, (_, default) in CHECKS[name].items()
             if default is not REQUIRED}
     full.update(args)
@@ -94,14 +95,14 @@ def _check(name, source, dest, **args):
 def bench_checks():
     """One check of every kind over the records of L{records} (in the order of CHECKS)."""
     return [
-        _check("bounded_response_time", "gateway", "productpage", max_latency=3.0),
-        _check("http_status", "gateway", "productpage", status=frozenset({200, 302})),
-        _check("at_most_requests", "productpage", "reviews", num_requests=1),
-        _check("bounded_retries", "productpage", "reviews", retries=1, wait_time=0.1),
-        _check("circuit_breaker", "productpage", "reviews", closed_attempts=5,
-               reset_time=1.0),
-        _check("bulkhead", "productpage", None,
-               dependencies=(Service("details"), Service("reviews")),
-               slow_dest=Service("reviews"), rate=50.0),
-        _check("no_proxy_errors", None, None),
+        make_check("bounded_response_time", "gateway", "productpage", max_latency=3.0),
+        make_check("http_status", "gateway", "productpage", status=frozenset({200, 302})),
+        make_check("at_most_requests", "productpage", "reviews", num_requests=1),
+        make_check("bounded_retries", "productpage", "reviews", retries=1, wait_time=0.1),
+        make_check("circuit_breaker", "productpage", "reviews", closed_attempts=5,
+                   reset_time=1.0),
+        make_check("bulkhead", "productpage", None,
+                   dependencies=(Service("details"), Service("reviews")),
+                   slow_dest=Service("reviews"), rate=50.0),
+        make_check("no_proxy_errors", None, None),
     ]
