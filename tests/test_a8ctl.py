@@ -45,6 +45,9 @@ class Hosts:
         self.requests.append((method, url))
         return self.by_host[DecodedURL.from_text(url).host].request(method, url, **kwargs)
 
+    def get(self, url, **kwargs):
+        return self.request("GET", url, **kwargs)
+
 
 class Refusing:
     """A treq-like HTTP client whose every connection is refused."""

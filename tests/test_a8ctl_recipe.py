@@ -31,6 +31,7 @@ class Gateway(Resource):
         Resource.__init__(self)
         self.case = case
         self.seen = []
+        self.log_path = None    # write the records to this access log instead
 
     def render_GET(self, request):
         rid = request.getHeader(b"x-request-id").decode()
@@ -44,7 +45,11 @@ class Gateway(Resource):
             records = [dict(base, src="gateway:", dst="productpage:v1", status=200),
                        dict(base, src="productpage:v1", dst="reviews:v1",
                             status=abort[0] if abort else 200)]
-            self.case.clock.callLater(0.5, self.case.buffer.add, "default", records)
+            if self.log_path is not None:
+                with open(self.log_path, "a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records)
+            else:
+                self.case.clock.callLater(0.5, self.case.buffer.add, "default", records)
         return b"ok"
 
 
@@ -177,4 +182,25 @@ class RecipeRunTests(A8ctlTestCase):
         self.assertEqual(code, 2)
         self.assertEqual(err, "a8ctl: cannot write --junit /nonexistent/dir/x.xml: no "
                               "directory /nonexistent/dir\n")
+        self.assertEqual(self.revision(), 0)
+
+    def test_logs(self):
+        """--logs DIR: the records are read from the proxies' access logs there."""
+        import os
+        logs = self.mktemp()
+        os.makedirs(os.path.join(logs, "productpage"))
+        self.gateway.log_path = os.path.join(logs, "productpage", "access.log")
+        code, out, err = self.run_recipe("--load", "3", "--gateway", "http://gateway/pp/",
+                                         "--logs", logs, "--json")
+        self.assertEqual((code, err), (1, ""))
+        data = json.loads(out)
+        self.assertEqual(data["records"], 6)
+        self.assertEqual([r["passed"] for r in data["results"]], [True, False])
+        self.assertEqual(len(self.buffer.query("default")[0]), 0)
+
+    def test_logs_missing(self):
+        code, out, err = self.run_recipe("--load", "3", "--gateway", "http://gateway/pp/",
+                                         "--logs", "/nonexistent/logs")
+        self.assertEqual((code, err), (2, "a8ctl: --logs /nonexistent/logs: no such "
+                                          "directory\n"))
         self.assertEqual(self.revision(), 0)

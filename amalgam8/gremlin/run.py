@@ -314,8 +314,9 @@ class RecipeRun:
     async def _collect(self, tag, expected, delay):
         """
         Read the recipe's trace records until they have all arrived: every answered test
-        request has one, none came for C{settle} seconds, and the longest injected delay has
-        passed since the load ended (a delayed call is logged when it ends).
+        request has one, and none came for C{settle} seconds, counted from the last record
+        or from the end of the longest injected delay after the load, whichever is later (a
+        delayed call is logged when it ends).
 
         @raise CannotRun: when C{records_timeout} passes first, naming what is missing.
         """
@@ -347,8 +348,9 @@ class RecipeRun:
                     self.progress("trace records: {}{}".format(
                         len(records), ", waiting for {} requests".format(len(missing))
                         if missing else ""))
-            if (records and not missing and now - last_new >= options.settle
-                    and now >= earliest):
+            # A delayed call is logged when its delay ends: quiet counts from then on.
+            if (records and not missing
+                    and now - max(last_new, earliest) >= options.settle):
                 return records
             if now >= deadline:
                 break
