@@ -6,6 +6,8 @@ timeouts on a L{Clock}, their C{main} on a L{MemoryReactorClock}, and one real h
 process.
 
 The examples are scripts, not modules of a package, so they are loaded from their files.
+The bookinfo Gremlin recipe (C{examples/bookinfo/gremlin}) is loaded with the recipe loader
+and turned into rules.
 """
 
 import importlib.util
@@ -31,11 +33,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
+from amalgam8.gremlin.recipe import fault_rules, load_recipe, max_delay
 from tests.helpers import Answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELLOWORLD_PATH = os.path.join(ROOT, "examples", "helloworld", "helloworld.py")
 BOOKINFO_PATH = os.path.join(ROOT, "examples", "bookinfo", "bookinfo.py")
+RECIPE_DIR = os.path.join(ROOT, "examples", "bookinfo", "gremlin")
 
 
 def _load(name, path):
@@ -929,3 +933,47 @@ class HelloWorldProcessTests(TestCase):
         self.assertEqual(getattr(value, "exitCode", None), 0, child.stderr[-2000:])
         self.assertEqual(child.stdout.decode().splitlines(), [
             "helloworld v2 listening on 127.0.0.1:{}".format(port), "helloworld v2 stopping"])
+
+
+class BookinfoRecipeTests(SynchronousTestCase):
+    """The bookinfo recipe that C{make demo} runs (step 4), as recipe-run reads it."""
+
+    def recipe(self, scenarios):
+        return load_recipe(*(os.path.join(RECIPE_DIR, name) for name in
+                             ("topology.json", scenarios, "checks.json")))
+
+    def test_checks(self):
+        """Four checks: the page within 4 s and 200 or 302, then 200 on the two inner calls."""
+        recipe = self.recipe("gremlins.json")
+        self.assertEqual(
+            [(c.name, str(c.source), str(c.dest), c.args) for c in recipe.checks],
+            [("bounded_response_time", "gateway", "productpage", {"max_latency": 4.0}),
+             ("http_status", "gateway", "productpage", {"status": frozenset({200, 302})}),
+             ("http_status", "productpage", "reviews", {"status": frozenset({200})}),
+             ("http_status", "reviews", "ratings", {"status": frozenset({200})})])
+
+    def test_fault_follows_the_version(self):
+        """
+        gremlins.json delays the calls of reviews v2 to ratings v1 by 7 s, gremlins-v3.json
+        those of reviews v3; for jason's cookie, and every other edge of the topology gets
+        a trace-only rule.
+        """
+        for scenarios, version in (("gremlins.json", "v2"), ("gremlins-v3.json", "v3")):
+            recipe = self.recipe(scenarios)
+            self.assertEqual(max_delay(recipe), 7.0)
+            rules = fault_rules(recipe, "r1", "Cookie", "user=jason")
+            delays = [rule for rule in rules
+                      if any(a["action"] == "delay" for a in rule["actions"])]
+            self.assertEqual(len(delays), 1, rules)
+            [delay] = delays
+            self.assertEqual((delay["destination"], delay["match"]["source"]),
+                             ("ratings", {"name": "reviews", "tags": [version]}))
+            self.assertEqual(delay["actions"][0]["duration"], 7.0)
+            self.assertEqual(delay["actions"][0]["tags"], ["v1"])
+            self.assertEqual(sorted((r["match"]["source"]["name"], r["destination"])
+                                    for r in rules if r is not delay),
+                             [("gateway", "productpage"), ("productpage", "details"),
+                              ("productpage", "reviews"), ("reviews", "ratings")])
+            for rule in rules:
+                self.assertEqual(rule["tags"], ["r1"])
+                self.assertRegex("user=jason", rule["match"]["headers"]["Cookie"])
