@@ -300,8 +300,10 @@ class Demo:
     def recipe(self, scenarios, requests, concurrency, fast):
         """
         Run the recipe with C{scenarios} (in --fast, a copy with a 4 s delay) through the
-        gateway as jason; print its table and return its --json report, or L{None} when it
-        could not run.
+        gateway as jason; print its table and return its --json report, with
+        C{"rules_left"}: the rules still tagged with its id.
+
+        @raise StepFailed: when the recipe could not run (exit status 2).
         """
         path = os.path.join(RECIPE, scenarios)
         if fast:
@@ -318,15 +320,19 @@ class Demo:
             "--header", "Cookie", "--pattern", "user=jason",
             "--load", str(requests), "--concurrency", str(concurrency),
             "--gateway", self.mesh.gateway + "/productpage/productpage", "--json",
-            statuses=(0, 1), echo=False, timeout=180)
+            statuses=(0, 1, 2), echo=False, timeout=180)
         try:
             report = json.loads(output)
         except ValueError:
             raise StepFailed("a8ctl recipe-run printed no JSON report: {!r}".format(
                 output[-300:]))
+        if report.get("error"):
+            raise StepFailed("the recipe could not run: " + report["error"])
         load = report.get("load") or {}
-        print("  recipe {}: {} requests, answers {}, in {:.1f} s".format(
-            report["recipe_id"], load.get("sent"), load.get("statuses"),
+        answers = ", ".join("{} x {}".format(n, code)
+                            for code, n in sorted((load.get("statuses") or {}).items()))
+        print("  recipe {}: {} requests, answered {}, in {:.1f} s".format(
+            report["recipe_id"], load.get("sent"), answers or "never",
             load.get("elapsed") or 0), flush=True)
         print("  {:<22} {:<24} {:<6} {}".format("check", "source -> dest", "result", "seen"))
         for result in report["results"]:
