@@ -80,7 +80,8 @@ class _Router:
     def route(self, src, dst):
         name = src.partition(":")[0]
         return tuple(
-            state.offer for state in self._by_source.get(name, []) + self._any_source
+            state.offer_for(src, dst)
+            for state in self._by_source.get(name, []) + self._any_source
             if (state.check.source is None or state.check.source.matches(src))
             and (state.check.dest is None or state.check.dest.matches(dst)))
 
@@ -128,8 +129,13 @@ class _Check:
         self.malformed = 0
         self.examples = []
 
+    def offer_for(self, src, dst):
+        """The function to offer the records of these labels to (C{offer} by default)."""
+        return self.offer
+
     def example(self, request_id):
-        if len(self.examples) < EXAMPLES and request_id not in self.examples:
+        if (type(request_id) is str and len(self.examples) < EXAMPLES
+                and request_id not in self.examples):
             self.examples.append(request_id)
 
     def no_records(self):
@@ -390,22 +396,26 @@ class _CircuitBreaker(_Check):
         super().__init__(check)
         self.edges = {}
 
-    def offer(self, record):
-        start, took = record.get("timestamp_in_ms"), record.get("request_time")
-        status = record.get("status")
-        if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
-            self.malformed += 1
-            return
-        self.records += 1
-        edge = (record["src"], record["dst"].partition(":")[0])
+    def offer_for(self, src, dst):
+        edge = (src, dst.partition(":")[0])
         calls = self.edges.get(edge)
         if calls is None:
             calls = self.edges[edge] = (array("d"), array("d"), bytearray(), [])
-        start = start / 1000.0
-        calls[0].append(start)
-        calls[1].append(start + took)
-        calls[2].append(status >= 500 or status < 0 or status == 499)
-        calls[3].append(record.get("request_id"))
+        starts, ends, failures, request_ids = (c.append for c in calls)
+
+        def offer(record):
+            start, took = record.get("timestamp_in_ms"), record.get("request_time")
+            status = record.get("status")
+            if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
+                self.malformed += 1
+                return
+            self.records += 1
+            start = start / 1000.0
+            starts(start)
+            ends(start + took)
+            failures(status >= 500 or status < 0 or status == 499)
+            request_ids(record.get("request_id"))
+        return offer
 
     def verdict(self):
         total = _Replay(self.args)
@@ -508,34 +518,30 @@ class _Bulkhead(_Check):
     def __init__(self, check):
         super().__init__(check)
         slow = self.args["slow_dest"]
-        self.dependencies = [d for d in self.args["dependencies"] if d != slow]
+        # A dependency named as the slow one without tags is the slow one.
+        self.dependencies = [d for d in self.args["dependencies"]
+                             if d != slow and not (d.name == slow.name and not d.tags)]
         self.calls = [0] * len(self.dependencies)
         self.first, self.last = float("inf"), float("-inf")
-        self.destinations = {}
 
-    def offer(self, record):
-        start, took = record.get("timestamp_in_ms"), record.get("request_time")
-        if type(start) not in _NUMBER or type(took) not in _NUMBER:
-            self.malformed += 1
-            return
-        self.records += 1
-        start = start / 1000.0
-        if start < self.first:
-            self.first = start
-        if start + took > self.last:
-            self.last = start + took
-        dst = record["dst"]
-        hits = self.destinations.get(dst)
-        if hits is None:
-            if len(self.destinations) >= ROUTE_CACHE:
-                hits = self.matching(dst)
-            else:
-                hits = self.destinations[dst] = self.matching(dst)
-        for i in hits:
-            self.calls[i] += 1
+    def offer_for(self, src, dst):
+        hits = tuple(i for i, d in enumerate(self.dependencies) if d.matches(dst))
+        calls = self.calls
 
-    def matching(self, dst):
-        return tuple(i for i, d in enumerate(self.dependencies) if d.matches(dst))
+        def offer(record):
+            start, took = record.get("timestamp_in_ms"), record.get("request_time")
+            if type(start) not in _NUMBER or type(took) not in _NUMBER:
+                self.malformed += 1
+                return
+            self.records += 1
+            start = start / 1000.0
+            if start < self.first:
+                self.first = start
+            if start + took > self.last:
+                self.last = start + took
+            for i in hits:
+                calls[i] += 1
+        return offer
 
     def verdict(self):
         window = self.last - self.first
