@@ -39,35 +39,27 @@ def run_checks(checks, records):
     """
     states = [_KINDS[check.name](check) for check in checks]
     router = _Router(states)
-    route = router.route
-    cache = {}
-    unreadable = 0
+    cache = router.cache
     for record in records:
-        if not isinstance(record, dict):
-            unreadable += 1
-            continue
-        key = (record.get("src"), record.get("dst"))
         try:
-            targets = cache.get(key)
-        except TypeError:  # an unhashable label
-            unreadable += 1
-            continue
-        if targets is None:
-            if type(key[0]) is not str or type(key[1]) is not str:
-                unreadable += 1
-                continue
-            targets = route(*key)
-            if len(cache) < ROUTE_CACHE:
-                cache[key] = targets
+            targets = cache[record["src"], record["dst"]]
+        except (KeyError, TypeError):  # a new label pair, or not a readable record
+            targets = router.miss(record)
         for offer in targets:
             offer(record)
-    return [state.result(unreadable) for state in states]
+    return [state.result(router.unreadable) for state in states]
 
 
 class _Router:
-    """Which checks a record with given C{src} and C{dst} labels concerns."""
+    """
+    Which checks a record with given C{src} and C{dst} labels concerns: C{cache} maps the
+    label pairs seen to the offer functions of their checks; L{miss} routes the others,
+    and counts the records that cannot be routed (C{unreadable}).
+    """
 
     def __init__(self, states):
+        self.cache = {}
+        self.unreadable = 0
         self._by_source = {}
         self._any_source = []
         for state in states:
@@ -76,6 +68,17 @@ class _Router:
                 self._any_source.append(state)
             else:
                 self._by_source.setdefault(source.name, []).append(state)
+
+    def miss(self, record):
+        src = record.get("src") if isinstance(record, dict) else None
+        dst = record.get("dst") if isinstance(record, dict) else None
+        if type(src) is not str or type(dst) is not str:
+            self.unreadable += 1
+            return ()
+        targets = self.route(src, dst)
+        if len(self.cache) < ROUTE_CACHE:
+            self.cache[src, dst] = targets
+        return targets
 
     def route(self, src, dst):
         name = src.partition(":")[0]
