@@ -424,7 +424,7 @@ class _CircuitBreaker(_Check):
         total = _Replay(self.args)
         for calls in self.edges.values():
             total.replay(*calls)
-        for request_id in total.examples[:EXAMPLES]:
+        for request_id in total.examples:
             self.example(request_id)
         figures = {"opened": total.opened, "while_open": total.while_open,
                    "first_after_open": total.first_after_open,
@@ -468,6 +468,10 @@ class _Replay:
         self.most_failures = 0
         self.examples = []
 
+    def example(self, request_id):
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(request_id)
+
     def replay(self, starts, ends, failed, request_ids):
         order = sorted(range(len(starts)), key=starts.__getitem__)
         pending = []  # (end, call) of the calls under way
@@ -499,13 +503,13 @@ class _Replay:
                     self.while_open += 1
                     if self.first_after_open is None:
                         self.first_after_open = start - opened_at
-                    self.examples.append(request_ids[call])
+                    self.example(request_ids[call])
                 else:
                     state = _HALF_OPEN
             if state == _HALF_OPEN:
                 if len(probes) >= self.halfopen:
                     self.halfopen_excess += 1
-                    self.examples.append(request_ids[call])
+                    self.example(request_ids[call])
                 else:
                     probes.add(call)
                     self.probes += 1
