@@ -6,6 +6,7 @@ narrowing an edge, several checks over one pass, and bench/gremlin's record gene
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from amalgam8.gremlin import checks as checks_module
 from amalgam8.gremlin.checks import _KINDS, _Router, describe_edge, run_checks
 from amalgam8.gremlin.model import Result, Service
 from bench.gremlin_records import bench_checks, make_check, records
@@ -335,6 +336,15 @@ class BulkheadTests(SynchronousTestCase):
         result = one(self.check(1), [rec(src="gateway:", dst="productpage:v1")])
         self.assertEqual(result.seen, "no records from productpage")
 
+    def test_slow_dest_by_name(self):
+        """A dependency named as slow_dest without tags is the slow one."""
+        check = make_check("bulkhead", "productpage", None,
+                           dependencies=(Service("reviews"),),
+                           slow_dest=Service("reviews", ("v2",)), rate=1.0)
+        result = one(check, self.rows())
+        self.assertFalse(result.passed)
+        self.assertEqual(result.seen, "no dependency other than reviews:v2 to check")
+
 
 class NoProxyErrorsTests(SynchronousTestCase):
     def test_pass(self):
@@ -441,6 +451,13 @@ class RunChecksTests(SynchronousTestCase):
                                                                   "reviews:v2")],
                          [checks[0], checks[2]])
         self.assertEqual(len(router.route("reviews:v3", "ratings:v1")), 2)
+
+    def test_route_cache_full(self):
+        """Past ROUTE_CACHE label pairs, records are routed one by one, with the same verdicts."""
+        self.patch(checks_module, "ROUTE_CACHE", 1)
+        small = [r.to_json() for r in run_checks(bench_checks(), records(500))]
+        self.patch(checks_module, "ROUTE_CACHE", 10000)
+        self.assertEqual(small, [r.to_json() for r in run_checks(bench_checks(), records(500))])
 
     def test_describe_edge(self):
         self.assertEqual(describe_edge(Service("a"), Service("b", ("v1",))), "from a to b:v1")
