@@ -336,6 +336,12 @@ class BulkheadTests(SynchronousTestCase):
         result = one(self.check(1), [rec(src="gateway:", dst="productpage:v1")])
         self.assertEqual(result.seen, "no records from productpage")
 
+    def test_no_window(self):
+        result = one(self.check(1), [rec(src="productpage:v1", dst="details:v1", took=0)])
+        self.assertFalse(result.passed)
+        self.assertEqual(result.seen,
+                         "no test window: every record of productpage took 0 s at one instant")
+
     def test_slow_dest_by_name(self):
         """A dependency named as slow_dest without tags is the slow one."""
         check = make_check("bulkhead", "productpage", None,
