@@ -434,6 +434,14 @@ class RunChecksTests(SynchronousTestCase):
         self.assertEqual(results[1].seen, "no records from reviews to ratings "
                                           "(7 records unreadable)")
 
+    def test_huge_numbers(self):
+        """A number beyond floats makes its record unreadable; nothing raises."""
+        huge = rec(src="productpage:v1", dst="reviews:v1", at=0)
+        huge["timestamp_in_ms"] = 10 ** 400
+        results = run_checks(bench_checks(), [huge])
+        self.assertEqual(results[4].details["unreadable_records"], 1)
+        self.assertEqual(results[4].details["records"], 0)
+
     def test_every_kind_survives_junk_fields(self):
         """Every check counts a record with junk in every field as malformed."""
         junk = {key: [] for key in rec()}

@@ -10,8 +10,8 @@ checks it concerns. Each check keeps its own state (counts, or per request id, o
 edge the times it needs) and gives its verdict at the end as a L{Result}: C{seen} is one
 sentence for people, C{details} the figures behind it.
 
-Records that cannot be read (not a JSON object, C{src}/C{dst} missing or not strings) are
-counted as C{unreadable_records} in every result; a record a check can route but that lacks
+Records that cannot be read (not a JSON object, C{src}/C{dst} missing or not strings, a
+number too large for a float) are counted as C{unreadable_records} in every result; a record a check can route but that lacks
 a field that check needs (or has it with the wrong type) is counted in that check's
 C{malformed} and said in its sentence. Nothing here raises on bad records.
 """
@@ -45,8 +45,11 @@ def run_checks(checks, records):
             targets = cache[record["src"], record["dst"]]
         except (KeyError, TypeError):  # a new label pair, or not a readable record
             targets = router.miss(record)
-        for offer in targets:
-            offer(record)
+        try:
+            for offer in targets:
+                offer(record)
+        except ArithmeticError:  # a number beyond floats (10**400): the checks cannot read it
+            router.unreadable += 1
     return [state.result(router.unreadable) for state in states]
 
 
@@ -412,8 +415,8 @@ class _CircuitBreaker(_Check):
             if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
                 self.malformed += 1
                 return
-            self.records += 1
             start = start / 1000.0
+            self.records += 1
             starts(start)
             ends(start + took)
             failures(status >= 500 or status < 0 or status == 499)
@@ -540,8 +543,8 @@ class _Bulkhead(_Check):
             if type(start) not in _NUMBER or type(took) not in _NUMBER:
                 self.malformed += 1
                 return
-            self.records += 1
             start = start / 1000.0
+            self.records += 1
             if start < self.first:
                 self.first = start
             if start + took > self.last:
