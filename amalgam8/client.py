@@ -287,15 +287,27 @@ class ControllerClient(_Base):
                                    ok=(200, 201, 202))
         return body
 
+    async def traces_page(self, after=0, limit=None, **filters):
+        """
+        One page of the matching trace records: those after the sequence number C{after}.
+
+        @param limit: the most records on the page (the controller's default when L{None}).
+        @return: C{(records, next)}; C{next} is the C{after} of the following page, L{None}
+            on the last page.
+        """
+        params = {k: v for k, v in filters.items() if v is not None}
+        params["after"] = str(after)
+        if limit is not None:
+            params["limit"] = str(limit)
+        _, body = await self._call("GET", "/v1/traces", params=params)
+        body = body or {}
+        return body.get("records", []), body.get("next")
+
     async def traces(self, **filters):
         """Every matching trace record, following the pages."""
         records = []
         after = 0
-        while True:
-            params = {k: v for k, v in filters.items() if v is not None}
-            params["after"] = str(after)
-            _, body = await self._call("GET", "/v1/traces", params=params)
-            records.extend(body.get("records", []))
-            after = body.get("next")
-            if after is None:
-                return records
+        while after is not None:
+            page, after = await self.traces_page(after, **filters)
+            records.extend(page)
+        return records

@@ -1,7 +1,12 @@
-"""Tests for L{amalgam8.client}'s production HTTP client (L{amalgam8.client.http_client})."""
+"""
+Tests for L{amalgam8.client}: the production HTTP client (L{amalgam8.client.http_client})
+and the controller client's paged trace reads.
+"""
 
+from treq.testing import StubTreq
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,7 +14,10 @@ from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface.verify import verifyObject
 
-from amalgam8.client import DirectEndpoints, http_client
+from amalgam8.auth import Authenticator
+from amalgam8.client import ControllerClient, DirectEndpoints, http_client
+from amalgam8.controller.api import ControllerAPI
+from amalgam8.controller.store import MemoryStore
 
 
 class DirectEndpointsTests(SynchronousTestCase):
@@ -55,3 +63,33 @@ class HttpClientTests(SynchronousTestCase):
         factory.clientConnectionFailed(reactor.connectors[0],
                                        Failure(ConnectionRefusedError()))
         self.failureResultOf(d, ConnectionRefusedError)
+
+
+class ControllerTracesPageTests(SynchronousTestCase):
+    """ControllerClient.traces_page reads one page of GET /v1/traces; traces every page."""
+
+    def setUp(self):
+        clock = Clock()
+        store = MemoryStore()
+        api = ControllerAPI(store, Authenticator(("default",), clock), clock)
+        self.client = ControllerClient(StubTreq(api.resource()), "http://c.test",
+                                       reactor=clock)
+        self.records = [{"n": n, "k": "a" if n % 2 else "b"} for n in range(7)]
+        self.successResultOf(self.client.post_traces(self.records))
+
+    def test_pages(self):
+        """A page holds at most limit records after the sequence after, and says next."""
+        page, following = self.successResultOf(self.client.traces_page(0, limit=3))
+        self.assertEqual((page, following), (self.records[:3], 3))
+        page, following = self.successResultOf(self.client.traces_page(3, limit=3))
+        self.assertEqual((page, following), (self.records[3:6], 6))
+        page, following = self.successResultOf(self.client.traces_page(6, limit=3))
+        self.assertEqual((page, following), (self.records[6:], None))
+
+    def test_filters(self):
+        """The filters are passed on; traces follows every page of them."""
+        page, following = self.successResultOf(
+            self.client.traces_page(0, log_key="k", log_value="a"))
+        self.assertEqual((page, following), (self.records[1::2], None))
+        self.assertEqual(self.successResultOf(self.client.traces(log_key="k", log_value="b")),
+                         self.records[0::2])

@@ -11,9 +11,8 @@ import os
 
 import attrs
 import yaml
-from twisted.internet.task import deferLater
 
-from amalgam8 import __version__
+from amalgam8 import __version__, live
 from amalgam8.client import APIError, Unreachable
 from amalgam8.cli.output import Outcome, table
 from amalgam8.cli.selectors import (
@@ -35,11 +34,14 @@ from amalgam8.rules import InvalidRequest, validate_rules
 __all__ = ["CommandError", "Context", "COMMANDS", "wait_until_live", "WaitTimeout",
            "RuleRejected"]
 
-POLL_INTERVAL = 0.5
-
-
 class CommandError(Exception):
-    """A command cannot do what it was asked; the message is the one line to show."""
+    """
+    A command cannot do what it was asked; the message is the one line to show.
+
+    @cvar status: the exit status.
+    """
+
+    status = 1
 
 
 class WaitTimeout(CommandError):
@@ -62,12 +64,14 @@ class Context:
     @ivar registry: an L{amalgam8.cli.api.Registry}.
     @ivar controller: an L{amalgam8.cli.api.Controller}.
     @ivar stdin: the text stream C{-f -} reads.
+    @ivar stderr: the text stream for errors (and, on a terminal, progress).
     """
 
     reactor: object
     registry: object
     controller: object
     stdin: object = None
+    stderr: object = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -539,7 +543,7 @@ async def traffic_abort(ctx, options):
                         "transfer to {} aborted".format(version_of(current["tags"])))
 
 
-# -- info and recipes ------------------------------------------------------------------------
+# -- info ------------------------------------------------------------------------
 
 
 def _failure(e):
@@ -597,55 +601,22 @@ async def info(ctx, options):
     return Outcome(data, table(["Setting", "Value"], rows))
 
 
-async def recipe_run(ctx, options):
-    raise CommandError("recipe-run is not available yet (it needs Gremlin, which this "
-                       "amalgam8 does not ship)")
-
-
 # -- waiting ---------------------------------------------------------------------------------
 
 
 async def wait_until_live(ctx, revision, timeout):
     """
-    Poll C{GET /v1/rules/status} until the controller is at C{revision} (or later) and every
-    reporting proxy has applied it (SPEC B2).
+    L{amalgam8.live.wait_until_live} on a8ctl's controller, its errors as a8ctl's.
 
-    @param revision: the revision to wait for; L{None} means the current one.
-    @return: the last status.
     @raise WaitTimeout: when C{timeout} seconds pass first.
-    @raise RuleRejected: as soon as a proxy reports that it skipped a rule of the revision
-        waited for (it will not compile it later either), naming the rule and the reason.
+    @raise RuleRejected: as soon as a proxy reports that it skipped a rule of the revision.
     """
-    clock = ctx.reactor
-    deadline = clock.seconds() + timeout
-    while True:
-        status = await ctx.controller.status()
-        current = status.get("revision", 0)
-        target = current if revision is None else revision
-        proxies = status.get("proxies", 0)
-        in_sync = status.get("in_sync", 0)
-        rejected = status.get("rejected") or []
-        if current >= target and rejected:
-            raise RuleRejected("revision {} is not live: {}".format(current, "; ".join(
-                "rule {} was rejected by {} prox{} ({}): {}".format(
-                    r.get("id"), len(r.get("proxies", [])),
-                    "y" if len(r.get("proxies", [])) == 1 else "ies",
-                    ", ".join(r.get("proxies", [])[:5]), r.get("error"))
-                for r in rejected)))
-        if current >= target and in_sync >= proxies:
-            status["target"] = target
-            return status
-        remaining = deadline - clock.seconds()
-        if remaining <= 0:
-            lagging = ", ".join("{} at {}".format(p.get("proxy_id"), p.get("revision"))
-                                for p in status.get("lagging", [])[:5])
-            if len(status.get("lagging", [])) > 5:
-                lagging += ", ..."
-            raise WaitTimeout(
-                "timed out after {:g}s waiting for revision {}: {} of {} proxies in sync{}"
-                .format(timeout, target, in_sync, proxies,
-                        " (lagging: {})".format(lagging) if lagging else ""))
-        await deferLater(clock, min(POLL_INTERVAL, remaining), lambda: None)
+    try:
+        return await live.wait_until_live(ctx.reactor, ctx.controller, revision, timeout)
+    except live.Rejected as e:
+        raise RuleRejected(str(e)) from None
+    except live.NotLive as e:
+        raise WaitTimeout(str(e)) from None
 
 
 COMMANDS = {
@@ -664,7 +635,6 @@ COMMANDS = {
     "traffic-step": traffic_step,
     "traffic-abort": traffic_abort,
     "info": info,
-    "recipe-run": recipe_run,
 }
 
 # BadSyntax is a user's mistake too: main reports it like a CommandError.

@@ -22,11 +22,13 @@ from amalgam8.cli.api import Controller, Registry
 from amalgam8.cli.commands import (
     COMMANDS,
     USER_ERRORS,
+    CommandError,
     Context,
     WaitTimeout,
     wait_until_live,
 )
 from amalgam8.cli.output import FORMATS, render
+from amalgam8.cli import recipe
 from amalgam8.durations import parse_duration
 from amalgam8.settings import CONFIG, Setting, SettingError, add_arguments, given_arguments
 from amalgam8.settings import load as load_settings
@@ -35,6 +37,8 @@ from amalgam8.settings import parse_url
 __all__ = ["SETTINGS", "dispatch", "main", "entry"]
 
 DEFAULT_WAIT_TIMEOUT = 30.0
+
+ALL_COMMANDS = dict(COMMANDS, **{"recipe-run": recipe.recipe_run})
 
 
 def _token(text):
@@ -214,10 +218,9 @@ def build_parser(stdout):
 
     command("info", "Show the servers, their state and the rule revision.")
 
-    sub = command("recipe-run", "Run a Gremlin recipe (not available yet).")
-    for option in ("--topology", "--scenarios", "--checks", "--header", "--pattern",
-                   "--run-load-script"):
-        sub.add_argument(option)
+    sub = command("recipe-run", "Run a Gremlin recipe: inject its faults into test "
+                  "traffic and check what happens (exit 0 pass, 1 fail, 2 cannot run).")
+    recipe.add_arguments(sub, _duration)
     return parser
 
 
@@ -291,10 +294,11 @@ async def dispatch(reactor, argv, stdout, stderr, client, environ=None, stdin=No
         controller=Controller(client, options.a8_controller_url,
                               options.a8_controller_token, reactor=reactor),
         stdin=stdin,
+        stderr=stderr,
     )
     outcome = None
     try:
-        outcome = await COMMANDS[options.command](ctx, options)
+        outcome = await ALL_COMMANDS[options.command](ctx, options)
         if options.wait and outcome.changes:
             status = await wait_until_live(ctx, outcome.revision, options.wait_timeout)
             live = {"revision": status["target"], "proxies": status.get("proxies", 0),
@@ -316,9 +320,9 @@ async def dispatch(reactor, argv, stdout, stderr, client, environ=None, stdin=No
                 e, USER_ERRORS + (APIError, Unreachable)):
             stderr.write(traceback.format_exc())
         stderr.write("a8ctl: {}\n".format(_describe(e, options)))
-        return 1
+        return e.status if isinstance(e, CommandError) else 1
     stdout.write(render(outcome, options.output) + "\n")
-    return 0
+    return outcome.status
 
 
 async def main(reactor, argv=None):

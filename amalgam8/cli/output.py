@@ -27,12 +27,14 @@ class Outcome:
     @ivar revision: the rule revision a change made (L{None} when nothing changed rules);
         C{--wait} waits until it is live on every proxy.
     @ivar changes: whether the command changes rules (so C{--wait} applies).
+    @ivar status: the exit status (C{recipe-run}: 1 when a check failed).
     """
 
     data: object
     text: str
     revision: int = None
     changes: bool = False
+    status: int = 0
 
 
 def _cell(value):
