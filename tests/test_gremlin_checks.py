@@ -162,6 +162,10 @@ class AtMostRequestsTests(SynchronousTestCase):
         self.assertFalse(result.passed)
         self.assertEqual(result.seen, "no records from productpage to reviews "
                                       "(1 malformed record skipped)")
+        edge = {"src": "productpage:v1", "dst": "reviews:v1"}
+        rows = [rec(request_id="", **edge), rec(path=None, **edge), rec(**edge)]
+        self.assertEqual(one(self.check(1, by_uri=True), rows).details["malformed"], 2)
+        self.assertEqual(one(self.check(1), rows).details["malformed"], 1)
 
 
 class BoundedRetriesTests(SynchronousTestCase):

@@ -237,6 +237,14 @@ class _HttpStatus(_Check):
         return False, seen, figures
 
 
+def _group(record, with_path):
+    """A record's group: its request id (with C{with_path}: and its path); L{None} if none."""
+    key = record.get("request_id")
+    if type(key) is not str or not key:
+        return None
+    return key if with_path is None else with_path(key, record)
+
+
 class _PerRequest(_Check):
     """A check that groups its edge's records by request id (and path when C{by_uri})."""
 
@@ -245,12 +253,8 @@ class _PerRequest(_Check):
         self.by_uri = self.args.get("by_uri", False)
         self.groups = {}
 
-    def key(self, record):
-        request_id = record.get("request_id")
-        if type(request_id) is not str or not request_id:
-            return None
-        if not self.by_uri:
-            return request_id
+    def with_path(self, request_id, record):
+        """The group of a record with C{by_uri}: (request id, path), or L{None}."""
         path = record.get("path")
         return (request_id, path) if type(path) is str else None
 
@@ -264,14 +268,18 @@ class _PerRequest(_Check):
 
 
 class _AtMostRequests(_PerRequest):
-    def offer(self, record):
-        key = self.key(record)
-        if key is None:
-            self.malformed += 1
-            return
-        self.records += 1
-        groups = self.groups
-        groups[key] = groups.get(key, 0) + 1
+    def offer_for(self, src, dst):
+        groups, count = self.groups, self.groups.get
+        with_path = self.with_path if self.by_uri else None
+
+        def offer(record):
+            key = _group(record, with_path)
+            if key is None:
+                self.malformed += 1
+                return
+            self.records += 1
+            groups[key] = count(key, 0) + 1
+        return offer
 
     def verdict(self):
         limit = self.args["num_requests"]
@@ -302,33 +310,38 @@ class _BoundedRetries(_PerRequest):
         self.retries = {}
         self.times = {}
 
-    def offer(self, record):
-        key = self.key(record)
-        retries = record.get("retries", 0)
-        if key is None or type(retries) is not int:
-            self.malformed += 1
-            return
-        if self.wait is not None:
-            start, took = record.get("timestamp_in_ms"), record.get("request_time")
-            if type(start) not in _NUMBER or type(took) not in _NUMBER:
+    def offer_for(self, src, dst):
+        groups, count, spans, extra = self.groups, self.groups.get, self.times, self.retries
+        with_path = self.with_path if self.by_uri else None
+        timed = self.wait is not None
+
+        def offer(record):
+            key = _group(record, with_path)
+            retries = record.get("retries", 0)
+            if key is None or type(retries) is not int:
                 self.malformed += 1
                 return
-            start = start / 1000.0
-            times = self.times.get(key)
-            if times is None:
-                # The common case, one attempt: a complex number (start, end), one small
-                # object the garbage collector never walks.
-                self.times[key] = complex(start, start + took)
-            elif type(times) is complex:
-                self.times[key] = array("d", (times.real, times.imag, start, start + took))
-            else:
-                times.append(start)
-                times.append(start + took)
-        self.records += 1
-        groups = self.groups
-        groups[key] = groups.get(key, 0) + 1
-        if retries:
-            self.retries[key] = self.retries.get(key, 0) + retries
+            if timed:
+                start, took = record.get("timestamp_in_ms"), record.get("request_time")
+                if type(start) not in _NUMBER or type(took) not in _NUMBER:
+                    self.malformed += 1
+                    return
+                start = start / 1000.0
+                times = spans.get(key)
+                if times is None:
+                    # The common case, one attempt: a complex number (start, end), one
+                    # small object the garbage collector never walks.
+                    spans[key] = complex(start, start + took)
+                elif type(times) is complex:
+                    spans[key] = array("d", (times.real, times.imag, start, start + took))
+                else:
+                    times.append(start)
+                    times.append(start + took)
+            self.records += 1
+            groups[key] = count(key, 0) + 1
+            if retries:
+                extra[key] = extra.get(key, 0) + retries
+        return offer
 
     def verdict(self):
         limit = self.args["retries"]
