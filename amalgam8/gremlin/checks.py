@@ -11,9 +11,10 @@ edge the times it needs) and gives its verdict at the end as a L{Result}: C{seen
 sentence for people, C{details} the figures behind it.
 
 Records that cannot be read (not a JSON object, C{src}/C{dst} missing or not strings, a
-number too large for a float) are counted as C{unreadable_records} in every result; a record a check can route but that lacks
-a field that check needs (or has it with the wrong type) is counted in that check's
-C{malformed} and said in its sentence. Nothing here raises on bad records.
+number too large for a float) are counted as C{unreadable_records} in every result; a
+record a check can route but that lacks a field that check needs (or has it with the wrong
+type) is counted in that check's C{malformed} and said in its sentence. Nothing here
+raises on bad records.
 """
 
 import heapq
