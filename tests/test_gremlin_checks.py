@@ -6,6 +6,7 @@ narrowing an edge, several checks over one pass, and bench/gremlin's record gene
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from amalgam8.gremlin import checks as checks_module
 from amalgam8.gremlin.checks import _KINDS, _Router, describe_edge, run_checks
 from amalgam8.gremlin.model import Result, Service
 from bench.gremlin_records import bench_checks, make_check, records
@@ -161,6 +162,10 @@ class AtMostRequestsTests(SynchronousTestCase):
         self.assertFalse(result.passed)
         self.assertEqual(result.seen, "no records from productpage to reviews "
                                       "(1 malformed record skipped)")
+        edge = {"src": "productpage:v1", "dst": "reviews:v1"}
+        rows = [rec(request_id="", **edge), rec(path=None, **edge), rec(**edge)]
+        self.assertEqual(one(self.check(1, by_uri=True), rows).details["malformed"], 2)
+        self.assertEqual(one(self.check(1), rows).details["malformed"], 1)
 
 
 class BoundedRetriesTests(SynchronousTestCase):
@@ -335,6 +340,21 @@ class BulkheadTests(SynchronousTestCase):
         result = one(self.check(1), [rec(src="gateway:", dst="productpage:v1")])
         self.assertEqual(result.seen, "no records from productpage")
 
+    def test_no_window(self):
+        result = one(self.check(1), [rec(src="productpage:v1", dst="details:v1", took=0)])
+        self.assertFalse(result.passed)
+        self.assertEqual(result.seen,
+                         "no test window: every record of productpage took 0 s at one instant")
+
+    def test_slow_dest_by_name(self):
+        """A dependency named as slow_dest without tags is the slow one."""
+        check = make_check("bulkhead", "productpage", None,
+                           dependencies=(Service("reviews"),),
+                           slow_dest=Service("reviews", ("v2",)), rate=1.0)
+        result = one(check, self.rows())
+        self.assertFalse(result.passed)
+        self.assertEqual(result.seen, "no dependency other than reviews:v2 to check")
+
 
 class NoProxyErrorsTests(SynchronousTestCase):
     def test_pass(self):
@@ -418,6 +438,14 @@ class RunChecksTests(SynchronousTestCase):
         self.assertEqual(results[1].seen, "no records from reviews to ratings "
                                           "(7 records unreadable)")
 
+    def test_huge_numbers(self):
+        """A number beyond floats makes its record unreadable; nothing raises."""
+        huge = rec(src="productpage:v1", dst="reviews:v1", at=0)
+        huge["timestamp_in_ms"] = 10 ** 400
+        results = run_checks(bench_checks(), [huge])
+        self.assertEqual(results[4].details["unreadable_records"], 1)
+        self.assertEqual(results[4].details["records"], 0)
+
     def test_every_kind_survives_junk_fields(self):
         """Every check counts a record with junk in every field as malformed."""
         junk = {key: [] for key in rec()}
@@ -441,6 +469,13 @@ class RunChecksTests(SynchronousTestCase):
                                                                   "reviews:v2")],
                          [checks[0], checks[2]])
         self.assertEqual(len(router.route("reviews:v3", "ratings:v1")), 2)
+
+    def test_route_cache_full(self):
+        """Past ROUTE_CACHE label pairs, records are routed one by one, with the same verdicts."""
+        self.patch(checks_module, "ROUTE_CACHE", 1)
+        small = [r.to_json() for r in run_checks(bench_checks(), records(500))]
+        self.patch(checks_module, "ROUTE_CACHE", 10000)
+        self.assertEqual(small, [r.to_json() for r in run_checks(bench_checks(), records(500))])
 
     def test_describe_edge(self):
         self.assertEqual(describe_edge(Service("a"), Service("b", ("v1",))), "from a to b:v1")

@@ -10,10 +10,11 @@ checks it concerns. Each check keeps its own state (counts, or per request id, o
 edge the times it needs) and gives its verdict at the end as a L{Result}: C{seen} is one
 sentence for people, C{details} the figures behind it.
 
-Records that cannot be read (not a JSON object, C{src}/C{dst} missing or not strings) are
-counted as C{unreadable_records} in every result; a record a check can route but that lacks
-a field that check needs (or has it with the wrong type) is counted in that check's
-C{malformed} and said in its sentence. Nothing here raises on bad records.
+Records that cannot be read (not a JSON object, C{src}/C{dst} missing or not strings, a
+number too large for a float) are counted as C{unreadable_records} in every result; a
+record a check can route but that lacks a field that check needs (or has it with the wrong
+type) is counted in that check's C{malformed} and said in its sentence. Nothing here
+raises on bad records.
 """
 
 import heapq
@@ -39,35 +40,30 @@ def run_checks(checks, records):
     """
     states = [_KINDS[check.name](check) for check in checks]
     router = _Router(states)
-    route = router.route
-    cache = {}
-    unreadable = 0
+    cache = router.cache
     for record in records:
-        if not isinstance(record, dict):
-            unreadable += 1
-            continue
-        key = (record.get("src"), record.get("dst"))
         try:
-            targets = cache.get(key)
-        except TypeError:  # an unhashable label
-            unreadable += 1
-            continue
-        if targets is None:
-            if type(key[0]) is not str or type(key[1]) is not str:
-                unreadable += 1
-                continue
-            targets = route(*key)
-            if len(cache) < ROUTE_CACHE:
-                cache[key] = targets
-        for offer in targets:
-            offer(record)
-    return [state.result(unreadable) for state in states]
+            targets = cache[record["src"], record["dst"]]
+        except (KeyError, TypeError):  # a new label pair, or not a readable record
+            targets = router.miss(record)
+        try:
+            for offer in targets:
+                offer(record)
+        except ArithmeticError:  # a number beyond floats (10**400): the checks cannot read it
+            router.unreadable += 1
+    return [state.result(router.unreadable) for state in states]
 
 
 class _Router:
-    """Which checks a record with given C{src} and C{dst} labels concerns."""
+    """
+    Which checks a record with given C{src} and C{dst} labels concerns: C{cache} maps the
+    label pairs seen to the offer functions of their checks; L{miss} routes the others,
+    and counts the records that cannot be routed (C{unreadable}).
+    """
 
     def __init__(self, states):
+        self.cache = {}
+        self.unreadable = 0
         self._by_source = {}
         self._any_source = []
         for state in states:
@@ -77,10 +73,22 @@ class _Router:
             else:
                 self._by_source.setdefault(source.name, []).append(state)
 
+    def miss(self, record):
+        src = record.get("src") if isinstance(record, dict) else None
+        dst = record.get("dst") if isinstance(record, dict) else None
+        if type(src) is not str or type(dst) is not str:
+            self.unreadable += 1
+            return ()
+        targets = self.route(src, dst)
+        if len(self.cache) < ROUTE_CACHE:
+            self.cache[src, dst] = targets
+        return targets
+
     def route(self, src, dst):
         name = src.partition(":")[0]
         return tuple(
-            state.offer for state in self._by_source.get(name, []) + self._any_source
+            state.offer_for(src, dst)
+            for state in self._by_source.get(name, []) + self._any_source
             if (state.check.source is None or state.check.source.matches(src))
             and (state.check.dest is None or state.check.dest.matches(dst)))
 
@@ -128,8 +136,13 @@ class _Check:
         self.malformed = 0
         self.examples = []
 
+    def offer_for(self, src, dst):
+        """The function to offer the records of these labels to (C{offer} by default)."""
+        return self.offer
+
     def example(self, request_id):
-        if len(self.examples) < EXAMPLES and request_id not in self.examples:
+        if (type(request_id) is str and len(self.examples) < EXAMPLES
+                and request_id not in self.examples):
             self.examples.append(request_id)
 
     def no_records(self):
@@ -225,6 +238,14 @@ class _HttpStatus(_Check):
         return False, seen, figures
 
 
+def _group(record, with_path):
+    """A record's group: its request id (with C{with_path}: and its path); L{None} if none."""
+    key = record.get("request_id")
+    if type(key) is not str or not key:
+        return None
+    return key if with_path is None else with_path(key, record)
+
+
 class _PerRequest(_Check):
     """A check that groups its edge's records by request id (and path when C{by_uri})."""
 
@@ -233,12 +254,8 @@ class _PerRequest(_Check):
         self.by_uri = self.args.get("by_uri", False)
         self.groups = {}
 
-    def key(self, record):
-        request_id = record.get("request_id")
-        if type(request_id) is not str or not request_id:
-            return None
-        if not self.by_uri:
-            return request_id
+    def with_path(self, request_id, record):
+        """The group of a record with C{by_uri}: (request id, path), or L{None}."""
         path = record.get("path")
         return (request_id, path) if type(path) is str else None
 
@@ -252,14 +269,18 @@ class _PerRequest(_Check):
 
 
 class _AtMostRequests(_PerRequest):
-    def offer(self, record):
-        key = self.key(record)
-        if key is None:
-            self.malformed += 1
-            return
-        self.records += 1
-        groups = self.groups
-        groups[key] = groups.get(key, 0) + 1
+    def offer_for(self, src, dst):
+        groups, count = self.groups, self.groups.get
+        with_path = self.with_path if self.by_uri else None
+
+        def offer(record):
+            key = _group(record, with_path)
+            if key is None:
+                self.malformed += 1
+                return
+            self.records += 1
+            groups[key] = count(key, 0) + 1
+        return offer
 
     def verdict(self):
         limit = self.args["num_requests"]
@@ -290,33 +311,38 @@ class _BoundedRetries(_PerRequest):
         self.retries = {}
         self.times = {}
 
-    def offer(self, record):
-        key = self.key(record)
-        retries = record.get("retries", 0)
-        if key is None or type(retries) is not int:
-            self.malformed += 1
-            return
-        if self.wait is not None:
-            start, took = record.get("timestamp_in_ms"), record.get("request_time")
-            if type(start) not in _NUMBER or type(took) not in _NUMBER:
+    def offer_for(self, src, dst):
+        groups, count, spans, extra = self.groups, self.groups.get, self.times, self.retries
+        with_path = self.with_path if self.by_uri else None
+        timed = self.wait is not None
+
+        def offer(record):
+            key = _group(record, with_path)
+            retries = record.get("retries", 0)
+            if key is None or type(retries) is not int:
                 self.malformed += 1
                 return
-            start = start / 1000.0
-            times = self.times.get(key)
-            if times is None:
-                # The common case, one attempt: a complex number (start, end), one small
-                # object the garbage collector never walks.
-                self.times[key] = complex(start, start + took)
-            elif type(times) is complex:
-                self.times[key] = array("d", (times.real, times.imag, start, start + took))
-            else:
-                times.append(start)
-                times.append(start + took)
-        self.records += 1
-        groups = self.groups
-        groups[key] = groups.get(key, 0) + 1
-        if retries:
-            self.retries[key] = self.retries.get(key, 0) + retries
+            if timed:
+                start, took = record.get("timestamp_in_ms"), record.get("request_time")
+                if type(start) not in _NUMBER or type(took) not in _NUMBER:
+                    self.malformed += 1
+                    return
+                start = start / 1000.0
+                times = spans.get(key)
+                if times is None:
+                    # The common case, one attempt: a complex number (start, end), one
+                    # small object the garbage collector never walks.
+                    spans[key] = complex(start, start + took)
+                elif type(times) is complex:
+                    spans[key] = array("d", (times.real, times.imag, start, start + took))
+                else:
+                    times.append(start)
+                    times.append(start + took)
+            self.records += 1
+            groups[key] = count(key, 0) + 1
+            if retries:
+                extra[key] = extra.get(key, 0) + retries
+        return offer
 
     def verdict(self):
         limit = self.args["retries"]
@@ -390,28 +416,32 @@ class _CircuitBreaker(_Check):
         super().__init__(check)
         self.edges = {}
 
-    def offer(self, record):
-        start, took = record.get("timestamp_in_ms"), record.get("request_time")
-        status = record.get("status")
-        if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
-            self.malformed += 1
-            return
-        self.records += 1
-        edge = (record["src"], record["dst"].partition(":")[0])
+    def offer_for(self, src, dst):
+        edge = (src, dst.partition(":")[0])
         calls = self.edges.get(edge)
         if calls is None:
             calls = self.edges[edge] = (array("d"), array("d"), bytearray(), [])
-        start = start / 1000.0
-        calls[0].append(start)
-        calls[1].append(start + took)
-        calls[2].append(status >= 500 or status < 0 or status == 499)
-        calls[3].append(record.get("request_id"))
+        starts, ends, failures, request_ids = (c.append for c in calls)
+
+        def offer(record):
+            start, took = record.get("timestamp_in_ms"), record.get("request_time")
+            status = record.get("status")
+            if type(start) not in _NUMBER or type(took) not in _NUMBER or type(status) is not int:
+                self.malformed += 1
+                return
+            start = start / 1000.0
+            self.records += 1
+            starts(start)
+            ends(start + took)
+            failures(status >= 500 or status < 0 or status == 499)
+            request_ids(record.get("request_id"))
+        return offer
 
     def verdict(self):
         total = _Replay(self.args)
         for calls in self.edges.values():
             total.replay(*calls)
-        for request_id in total.examples[:EXAMPLES]:
+        for request_id in total.examples:
             self.example(request_id)
         figures = {"opened": total.opened, "while_open": total.while_open,
                    "first_after_open": total.first_after_open,
@@ -455,6 +485,10 @@ class _Replay:
         self.most_failures = 0
         self.examples = []
 
+    def example(self, request_id):
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(request_id)
+
     def replay(self, starts, ends, failed, request_ids):
         order = sorted(range(len(starts)), key=starts.__getitem__)
         pending = []  # (end, call) of the calls under way
@@ -486,13 +520,13 @@ class _Replay:
                     self.while_open += 1
                     if self.first_after_open is None:
                         self.first_after_open = start - opened_at
-                    self.examples.append(request_ids[call])
+                    self.example(request_ids[call])
                 else:
                     state = _HALF_OPEN
             if state == _HALF_OPEN:
                 if len(probes) >= self.halfopen:
                     self.halfopen_excess += 1
-                    self.examples.append(request_ids[call])
+                    self.example(request_ids[call])
                 else:
                     probes.add(call)
                     self.probes += 1
@@ -508,41 +542,40 @@ class _Bulkhead(_Check):
     def __init__(self, check):
         super().__init__(check)
         slow = self.args["slow_dest"]
-        self.dependencies = [d for d in self.args["dependencies"] if d != slow]
+        # A dependency named as the slow one without tags is the slow one.
+        self.dependencies = [d for d in self.args["dependencies"]
+                             if d != slow and not (d.name == slow.name and not d.tags)]
         self.calls = [0] * len(self.dependencies)
         self.first, self.last = float("inf"), float("-inf")
-        self.destinations = {}
 
-    def offer(self, record):
-        start, took = record.get("timestamp_in_ms"), record.get("request_time")
-        if type(start) not in _NUMBER or type(took) not in _NUMBER:
-            self.malformed += 1
-            return
-        self.records += 1
-        start = start / 1000.0
-        if start < self.first:
-            self.first = start
-        if start + took > self.last:
-            self.last = start + took
-        dst = record["dst"]
-        hits = self.destinations.get(dst)
-        if hits is None:
-            if len(self.destinations) >= ROUTE_CACHE:
-                hits = self.matching(dst)
-            else:
-                hits = self.destinations[dst] = self.matching(dst)
-        for i in hits:
-            self.calls[i] += 1
+    def offer_for(self, src, dst):
+        hits = tuple(i for i, d in enumerate(self.dependencies) if d.matches(dst))
+        calls = self.calls
 
-    def matching(self, dst):
-        return tuple(i for i, d in enumerate(self.dependencies) if d.matches(dst))
+        def offer(record):
+            start, took = record.get("timestamp_in_ms"), record.get("request_time")
+            if type(start) not in _NUMBER or type(took) not in _NUMBER:
+                self.malformed += 1
+                return
+            start = start / 1000.0
+            self.records += 1
+            if start < self.first:
+                self.first = start
+            if start + took > self.last:
+                self.last = start + took
+            for i in hits:
+                calls[i] += 1
+        return offer
 
     def verdict(self):
         window = self.last - self.first
         rate = self.args["rate"]
+        if window <= 0:
+            return False, "no test window: every record of {} took 0 s at one instant".format(
+                self.check.source), {"window": window}
         rates = {}
         for dependency, calls in zip(self.dependencies, self.calls):
-            rates[str(dependency)] = calls / window if window > 0 else float("inf")
+            rates[str(dependency)] = calls / window
         slow = [name for name, seen in rates.items() if seen < rate]
         figures = {"window": window, "rates": rates, "rate": rate,
                    "calls": {str(d): n for d, n in zip(self.dependencies, self.calls)}}
