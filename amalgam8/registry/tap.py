@@ -3,6 +3,8 @@
 C{twistd -n a8registry}: options, environment and the service tree of the registry.
 """
 
+from amalgam8.adapters.config import ADAPTER_SETTINGS, build_catalogs
+from amalgam8.adapters.merge import CatalogMerge
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
 from amalgam8.registry.store import MemoryStore
 from amalgam8.server import server_parts
@@ -63,14 +65,10 @@ SETTINGS = SERVER_SETTINGS + (
             "Address of an external store. " + _UNUSED),
     Setting("store-password", "A8_STORE_PASSWORD", parse_text, None,
             "Password of an external store. " + _UNUSED),
-    Setting("k8s-url", "A8_K8S_URL", _not_yet("Kubernetes"), None,
-            "Kubernetes catalog. " + _NOT_YET),
-    Setting("k8s-token", "A8_K8S_TOKEN", parse_text, None, "Kubernetes API token. " + _UNUSED),
-    Setting("fs-catalog", "A8_FS_CATALOG", _not_yet("file system"), None,
-            "File-system catalog. " + _NOT_YET),
-    Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka"), None,
-            "Eureka catalog. " + _NOT_YET),
-)
+    Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka server"), None,
+            "Mirror a Eureka server's apps. " + _NOT_YET + " (Eureka clients register "
+            "with the registry's own Eureka API instead.)"),
+) + ADAPTER_SETTINGS
 
 
 class Options(SettingsOptions):
@@ -95,12 +93,16 @@ class Options(SettingsOptions):
 
 def makeService(options, reactor=None):
     """
-    Build the registry: the store (expiry included) and one listener per C{--listen}.
+    Build the registry: the store (expiry included) with the catalogs the settings ask for
+    merged in, and one listener per C{--listen}.
     """
     if reactor is None:
         from twisted.internet import reactor
     parts = server_parts("registry", options, reactor)
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
+    catalogs = build_catalogs(options, reactor)
+    if catalogs:
+        store = CatalogMerge(store, catalogs)
     store.setServiceParent(parts.top)
     api = RegistryAPI(
         store,
