@@ -10,10 +10,11 @@ import json
 import os
 
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.runtime import platform
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from amalgam8.adapters.config import ADAPTER_SETTINGS
 from amalgam8.adapters.files import CatalogFileError, FileCatalog, from_settings, parse_catalog
@@ -22,6 +23,7 @@ from amalgam8.registry.api import RegistryAPI
 from amalgam8.settings import SettingError
 from amalgam8.testing.catalogs import catalog_tests
 from tests.test_registry_api import RegistryTestCase
+from tests.test_registry_process import LOCAL, RegistryProcessTests
 
 POLL = 1.0
 
@@ -505,3 +507,62 @@ class RegistryOverFileCatalogTests(RegistryTestCase):
         answer = self.request("GET", "/api/v1/instances")
         self.assertEqual(answer.header(b"A8-Index"), index)
         self.assertEqual(len(answer.json()["instances"]), 1)
+
+
+class FileCatalogProcessTests(TestCase):
+    """The real C{twistd -n a8registry --fs-catalog DIR} over HTTP on 127.0.0.1 (inotify)."""
+
+    timeout = 30
+    spawn = RegistryProcessTests.spawn
+    _stop = RegistryProcessTests._stop
+    start = RegistryProcessTests.start
+    client = RegistryProcessTests.client
+    call = RegistryProcessTests.call
+    listing = RegistryProcessTests.listing
+    assertNoTraceback = RegistryProcessTests.assertNoTraceback
+
+    async def test_listing_follows_the_file(self):
+        """
+        The file's instances list; a blocking read wakes when the file is replaced; a
+        malformed file is logged once with its path and line and changes nothing.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "default.json")
+        write(path, [entry("reviews", "127.0.0.1:9080", ["v1"])])
+        protocol, port = await self.start("--fs-catalog", directory)
+        http = self.client()
+        base = "http://127.0.0.1:{}".format(port)
+        index, instances = await self.listing(http, base)
+        self.assertEqual([i["endpoint"]["value"] for i in instances], ["127.0.0.1:9080"])
+        waiting = self.listing(http, base, "?wait=10s&index={}".format(index), timeout=15)
+        waiting = ensureDeferred(waiting)
+        await deferLater(reactor, 0.05, lambda: None)
+        write(path, [entry("reviews", "127.0.0.1:9080", ["v1"]),
+                     entry("reviews", "127.0.0.1:9081", ["v2"])])
+        woken, instances = await waiting
+        self.assertGreater(woken, index)
+        self.assertEqual(len(instances), 2)
+
+        write(path, '{"instances": [\n  {"service_name": "reviews",,\n')
+        for _ in range(300):
+            warnings = [e for e in protocol.events if e.get("path") == path]
+            if warnings:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        [warning] = warnings
+        self.assertEqual(warning["line"], 2)
+        self.assertEqual(warning["level"], "warn")
+        self.assertIn(path + " line 2: not valid JSON", warning["message"])
+        self.assertEqual((await self.listing(http, base))[0], woken)
+        self.assertNoTraceback(protocol)
+
+    async def test_missing_directory_exits_2(self):
+        """A missing catalog directory stops the registry at start with one line."""
+        missing = os.path.abspath(self.mktemp())
+        protocol = self.spawn("--listen", LOCAL, "--fs-catalog", missing)
+        self.assertEqual(await protocol.ended(), (2, None))
+        self.assertEqual(protocol.stderr, [
+            "a8registry: fs-catalog: {} is not a directory".format(missing)],
+            protocol.stderr)
+        self.assertNoTraceback(protocol)
