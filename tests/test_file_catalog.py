@@ -23,7 +23,7 @@ from amalgam8.registry.api import RegistryAPI
 from amalgam8.settings import SettingError
 from amalgam8.testing.catalogs import catalog_tests
 from tests.test_registry_api import RegistryTestCase
-from tests.test_registry_process import LOCAL, RegistryProcessTests
+from tests import test_registry_process as process
 
 POLL = 1.0
 
@@ -49,6 +49,15 @@ def write(path, content, atomic=True):
         with open(path, "r+b" if os.path.exists(path) else "wb") as f:
             f.truncate(0)
             f.write(data)
+
+
+async def eventually(condition):
+    """Wait on the real reactor until C{condition()} holds; fail after 5 s."""
+    for _ in range(500):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("the file catalog did not follow its file within 5 s")
 
 
 class _FileFixture:
@@ -106,11 +115,7 @@ class INotifyFixture(_FileFixture):
         return FileCatalog(self.directory, reactor, use_inotify=True)
 
     async def eventually(self, condition):
-        for _ in range(500):
-            if condition():
-                return
-            await deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError("the file catalog did not follow its file within 5 s")
+        await eventually(condition)
 
 
 class InPlaceINotifyFixture(INotifyFixture):
@@ -513,13 +518,13 @@ class FileCatalogProcessTests(TestCase):
     """The real C{twistd -n a8registry --fs-catalog DIR} over HTTP on 127.0.0.1 (inotify)."""
 
     timeout = 30
-    spawn = RegistryProcessTests.spawn
-    _stop = RegistryProcessTests._stop
-    start = RegistryProcessTests.start
-    client = RegistryProcessTests.client
-    call = RegistryProcessTests.call
-    listing = RegistryProcessTests.listing
-    assertNoTraceback = RegistryProcessTests.assertNoTraceback
+    spawn = process.RegistryProcessTests.spawn
+    _stop = process.RegistryProcessTests._stop
+    start = process.RegistryProcessTests.start
+    client = process.RegistryProcessTests.client
+    call = process.RegistryProcessTests.call
+    listing = process.RegistryProcessTests.listing
+    assertNoTraceback = process.RegistryProcessTests.assertNoTraceback
 
     async def test_listing_follows_the_file(self):
         """
@@ -560,9 +565,74 @@ class FileCatalogProcessTests(TestCase):
     async def test_missing_directory_exits_2(self):
         """A missing catalog directory stops the registry at start with one line."""
         missing = os.path.abspath(self.mktemp())
-        protocol = self.spawn("--listen", LOCAL, "--fs-catalog", missing)
+        protocol = self.spawn("--listen", process.LOCAL, "--fs-catalog", missing)
         self.assertEqual(await protocol.ended(), (2, None))
         self.assertEqual(protocol.stderr, [
             "a8registry: fs-catalog: {} is not a directory".format(missing)],
             protocol.stderr)
         self.assertNoTraceback(protocol)
+
+
+class INotifyTests(TestCase):
+    """The inotify path on the real reactor: bursts, and the directory moved away and back."""
+
+    if not platform.supportsINotify():
+        skip = "inotify is not available on this platform"
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.mkdir(self.directory)
+        self.path = os.path.join(self.directory, "default.json")
+        self.catalog = FileCatalog(self.directory, reactor, poll_interval=0.02,
+                                   use_inotify=True)
+        self.catalog.startService()
+        self.addCleanup(self.catalog.stopService)
+
+    def listed(self):
+        return [i.registration.endpoint_value for i in self.catalog.instances("default")]
+
+    async def test_burst_one_scan(self):
+        """Many events at once cost one scan."""
+        scans = []
+        real_scan = self.catalog.scan
+        self.patch(self.catalog, "scan", lambda: (scans.append(1), real_scan()))
+        for port in range(5):
+            write(os.path.join(self.directory, "t{}.json".format(port)),
+                  [entry("a", "h:{}".format(port))])
+        await eventually(lambda: len(self.catalog.namespaces()) == 5)
+        self.assertEqual(len(scans), 1)
+
+    async def test_directory_moved_away_and_back(self):
+        """
+        The directory moved away: the catalog keeps its instances and polls; moved back,
+        it is watched again and follows its files.
+        """
+        write(self.path, [entry("a", "h:1")])
+        await eventually(lambda: self.listed() == ["h:1"])
+        moved = self.directory + ".moved"
+        with capturedLogs() as events:
+            os.rename(self.directory, moved)
+            await eventually(lambda: self.catalog._poll is not None)
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 1)
+        self.assertEqual(self.listed(), ["h:1"])
+        os.rename(moved, self.directory)
+        await eventually(lambda: self.catalog._poll is None)
+        write(self.path, [entry("a", "h:2")])
+        await eventually(lambda: self.listed() == ["h:2"])
+
+    async def test_directory_removed_and_recreated(self):
+        """
+        Removed with its files, the directory cannot be listed: the instances stay; created
+        again (empty), it is watched again and lists what it holds.
+        """
+        write(self.path, [entry("a", "h:1")])
+        await eventually(lambda: self.listed() == ["h:1"])
+        os.remove(self.path)
+        os.rmdir(self.directory)
+        await eventually(lambda: self.catalog._poll is not None)
+        os.mkdir(self.directory)
+        await eventually(lambda: self.catalog._poll is None)
+        await eventually(lambda: self.listed() == [])
+        write(self.path, [entry("a", "h:3")])
+        await eventually(lambda: self.listed() == ["h:3"])

@@ -11,7 +11,7 @@ C{.yaml}, C{.yml}) per tenant, in the registry's instance format::
 listing carries, are ignored, so a saved listing is a valid file).
 
 The directory is scanned on every change: inotify where the platform has it, else a poll
-every C{fs-poll}. A scan stats every file (mtime, size, inode) and reads only those whose
+every C{fs-poll} (also while the watched directory is gone, until it can be watched again). A scan stats every file (mtime, size, inode) and reads only those whose
 stat changed, so both atomic replacement (write a temporary file, rename it over) and
 in-place writes are seen. A file that cannot be used (unreadable, not UTF-8, bad JSON or
 YAML, an entry a registration could not have) is reported once, naming its path, line and
@@ -29,8 +29,10 @@ from json import decoder as json_decoder, scanner as json_scanner
 
 import yaml
 from twisted.application.service import Service
+from twisted.internet import inotify
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python._inotify import INotifyError   # what INotify raises (not re-exported)
 from twisted.python.filepath import FilePath
 from twisted.python.runtime import platform
 from zope.interface import implementer
@@ -45,6 +47,10 @@ SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _IGNORED_KEYS = {"id", "ttl", "last_heartbeat"}
 _ENTRY_KEYS = {"service_name", "endpoint", "tags", "status", "metadata"} | _IGNORED_KEYS
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# inotify events that end the directory's watch, and all those that call for a scan.
+_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF
+_MASK = (inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM
+         | inotify.IN_DELETE | inotify.IN_ATTRIB | _GONE)
 
 
 class CatalogFileError(ValueError):
@@ -245,36 +251,66 @@ class FileCatalog(Service):
 
     def startService(self):
         Service.startService(self)
-        if self.use_inotify:
-            from twisted.internet import inotify
-            self._notifier = inotify.INotify(reactor=self._reactor)
-            self._notifier.startReading()
-            mask = (inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO | inotify.IN_MOVED_FROM
-                    | inotify.IN_DELETE | inotify.IN_ATTRIB)
-            self._notifier.watch(FilePath(self.directory), mask,
-                                 callbacks=[self._changed])
-            self.scan()
-        else:
-            self._poll = LoopingCall(self.scan)
-            self._poll.clock = self._reactor
-            self._poll.start(self.poll_interval, now=True)
+        if not self.use_inotify:
+            self._start_polling(self.scan)
+        elif not self._watch():
+            self._start_polling(self._recover)
+        self.scan()
 
     def stopService(self):
         Service.stopService(self)
-        if self._poll is not None and self._poll.running:
-            self._poll.stop()
-        self._poll = None
-        if self._notifier is not None:
-            self._notifier.loseConnection()
-            self._notifier = None
+        self._stop_polling()
+        self._unwatch()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
 
+    def _start_polling(self, scan):
+        self._poll = LoopingCall(scan)
+        self._poll.clock = self._reactor
+        self._poll.start(self.poll_interval, now=False)
+
+    def _stop_polling(self):
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+
+    def _watch(self):
+        """Watch the directory with inotify; @return: whether it is watched."""
+        try:
+            notifier = inotify.INotify(reactor=self._reactor)
+        except INotifyError:
+            return False
+        notifier.startReading()
+        try:
+            notifier.watch(FilePath(self.directory), _MASK, callbacks=[self._changed])
+        except INotifyError:
+            notifier.loseConnection()
+            return False
+        self._notifier = notifier
+        return True
+
+    def _unwatch(self):
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+            self._notifier = None
+
     def _changed(self, ignored, path, mask):
         """An inotify event: scan soon (one scan for a burst of events)."""
+        if mask & _GONE:
+            # The directory itself was removed or moved away: its watch is over. Poll
+            # until it can be watched again.
+            self._unwatch()
+            if self._poll is None:
+                self._start_polling(self._recover)
         if self._pending is None or not self._pending.active():
             self._pending = self._reactor.callLater(0, self.scan)
+
+    def _recover(self):
+        """Polling while the directory cannot be watched: watch it again once it can be."""
+        if os.path.isdir(self.directory) and self._watch():
+            self._stop_polling()
+        self.scan()
 
     # -- scanning ---------------------------------------------------------------------------
 
