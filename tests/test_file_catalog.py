@@ -177,6 +177,25 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual((instance.status, instance.last_heartbeat), ("STARTING", 7.0))
         self.assertEqual(instance.as_dict()["metadata"], {"k": "v"})
 
+    def test_known_entries_kept(self):
+        """With the previous version's entries, an unchanged entry keeps its instance."""
+        known = {}
+        first = parse_catalog(json.dumps([entry("a", "h:1"), entry("a", "h:2")]).encode(),
+                              "json", seen_at=1, known=known)
+        second = parse_catalog(json.dumps([entry("a", "h:1"), entry("a", "h:3")]).encode(),
+                               "json", seen_at=2, known=known)
+        self.assertIs(second[0], first[0])
+        self.assertEqual([i.last_heartbeat for i in second], [1.0, 2.0])
+        self.assertEqual(len(known), 2)
+        with self.assertRaises(CatalogFileError):
+            parse_catalog(b"[1]", "json", known=known)
+        self.assertEqual(len(known), 2)
+
+    def test_yaml_odd_keys(self):
+        """YAML keys that are not strings are refused as unknown fields, not a crash."""
+        self.assertProblem("- {1: x, service_name: a, endpoint: {value: 'h:1'}}\n", "yaml", 1,
+                           "instance 0: unknown field 1")
+
     def test_repeats(self):
         """Two entries with the same id: the first is kept."""
         instances = parse_catalog(json.dumps([

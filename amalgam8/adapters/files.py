@@ -156,15 +156,20 @@ def _instance(entry, seen_at):
         status=entry.get("status", "UP"), metadata=entry.get("metadata"), seen_at=seen_at)
 
 
-def parse_catalog(data, kind, seen_at=0.0):
+def parse_catalog(data, kind, seen_at=0.0, known=None):
     """
     The bytes of a catalog file -> its instances.
 
     @param kind: C{"json"} or C{"yaml"}.
-    @param seen_at: the instances' C{last_heartbeat} (the file's mtime).
+    @param seen_at: the C{last_heartbeat} of instances new in this file (its mtime).
+    @param known: a dict that this call fills with the file's entries (by their canonical
+        JSON) and their instances; given the dict of the file's previous version, an entry
+        that did not change keeps its instance (and its C{last_heartbeat}), which spares
+        its validation: a change of one entry in a large file costs little.
     @return: a list of L{amalgam8.registry.model.Instance}, in the file's order, without
         repeats (the first of two entries with the same id is kept).
-    @raise CatalogFileError: the file cannot be used (nothing of it is).
+    @raise CatalogFileError: the file cannot be used (nothing of it is; C{known} is left
+        as it was).
     """
     text, top = _decode(data, kind)
     entries = top.get("instances") if isinstance(top, dict) else top
@@ -173,15 +178,28 @@ def parse_catalog(data, kind, seen_at=0.0):
             sorted(str(k) for k in top if k != "instances")[0]), 1)
     if not isinstance(entries, list):
         raise CatalogFileError('expected {"instances": [...]} or a list of instances', 1)
+    previous = {} if known is None else known
+    seen = {}
     instances = {}
     for index, entry in enumerate(entries):
         try:
-            instance = _instance(entry, seen_at)
-        except ValueError as e:
-            lines = _entry_lines(text, kind)
-            raise CatalogFileError("instance {}: {}".format(index, e),
-                                   lines[index] if index < len(lines) else None)
+            key = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=repr)
+        except (TypeError, ValueError):   # YAML keys that are not all strings
+            key = None
+        instance = None if key is None else previous.get(key) or seen.get(key)
+        if instance is None:
+            try:
+                instance = _instance(entry, seen_at)
+            except ValueError as e:
+                lines = _entry_lines(text, kind)
+                raise CatalogFileError("instance {}: {}".format(index, e),
+                                       lines[index] if index < len(lines) else None)
+        if key is not None:
+            seen[key] = instance
         instances.setdefault(instance.id, instance)
+    if known is not None:
+        known.clear()
+        known.update(seen)
     return list(instances.values())
 
 
@@ -193,6 +211,7 @@ class _File:
         self.signature = None
         self.digest = None
         self.instances = []
+        self.known = {}
         self.reported = None
 
 
@@ -366,7 +385,8 @@ class FileCatalog(Service):
         changed = digest != entry.digest
         if changed:
             try:
-                instances = parse_catalog(data, kind, seen_at=stat.st_mtime)
+                instances = parse_catalog(data, kind, seen_at=stat.st_mtime,
+                                          known=entry.known)
             except CatalogFileError as e:
                 self._report(path, entry, e)
                 return False
