@@ -11,9 +11,10 @@ C{.yaml}, C{.yml}) per tenant, in the registry's instance format::
 listing carries, are ignored, so a saved listing is a valid file).
 
 The directory is scanned on every change: inotify where the platform has it, else a poll
-every C{fs-poll} (also while the watched directory is gone, until it can be watched again). A scan stats every file (mtime, size, inode) and reads only those whose
-stat changed, so both atomic replacement (write a temporary file, rename it over) and
-in-place writes are seen. A file that cannot be used (unreadable, not UTF-8, bad JSON or
+every C{fs-poll} (also while the watched directory is gone, until it can be watched again).
+A scan stats every file (mtime, size, inode) and reads only those whose stat changed, so
+both atomic replacement (write a temporary file, rename it over) and in-place writes are
+seen. A file that cannot be used (unreadable, not UTF-8, bad JSON or
 YAML, an entry a registration could not have) is reported once, naming its path, line and
 (for an entry) its index and field, and is ignored as a whole: the namespace keeps what the
 file held before. A removed file empties its namespace; a file made valid again is loaded.
@@ -21,7 +22,6 @@ Hidden files (C{.name}) and other suffixes are not catalog files (editors' and a
 writers' temporary files are not read).
 """
 
-import bisect
 import hashlib
 import json
 import os
