@@ -17,6 +17,7 @@ from twisted.python.runtime import platform
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from amalgam8.adapters.config import ADAPTER_SETTINGS
+from amalgam8.adapters import files
 from amalgam8.adapters.files import CatalogFileError, FileCatalog, from_settings, parse_catalog
 from amalgam8.adapters.merge import CatalogMerge
 from amalgam8.registry.api import RegistryAPI
@@ -418,6 +419,20 @@ class CatalogTests(SynchronousTestCase):
         self.assertIn("cannot read it", warnings[0]["problem"])
         self.assertEqual(self.listed(), ["h:1"])
         self.assertEqual(self.poll(), [])
+
+    def test_not_regular_or_too_large(self):
+        """A FIFO is not opened (it would block); a file beyond the size limit is refused."""
+        os.mkfifo(self.path("fifo.json"))
+        write(self.path(), [entry("a", "h:1")])
+        self.patch(files, "MAX_FILE_BYTES", 200)
+        with capturedLogs() as events:
+            self.start()
+        self.assertEqual(sorted(e["problem"] for e in events if e.get("problem")), [
+            "cannot read it (not a regular file)"])
+        write(self.path(), [entry("a", "h:{}".format(i)) for i in range(10)])
+        [warning] = self.poll()
+        self.assertEqual(warning["problem"], "cannot read it (larger than 200 bytes)")
+        self.assertEqual(self.listed(), ["h:1"])
 
     def test_directory_gone(self):
         """The directory gone: reported once, the catalog keeps its instances."""

@@ -25,6 +25,7 @@ writers' temporary files are not read).
 import hashlib
 import json
 import os
+from stat import S_ISREG
 from json import decoder as json_decoder, scanner as json_scanner
 
 import yaml
@@ -42,6 +43,8 @@ from amalgam8.settings import SettingError
 
 __all__ = ["FileCatalog", "CatalogFileError", "parse_catalog", "from_settings"]
 
+#: a larger catalog file is refused (about 500,000 instances of JSON).
+MAX_FILE_BYTES = 64 << 20
 #: file suffix -> its format.
 SUFFIXES = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _IGNORED_KEYS = {"id", "ttl", "last_heartbeat"}
@@ -215,6 +218,21 @@ class _File:
         self.reported = None
 
 
+def _read_regular(path, stat):
+    """The bytes of a regular file of at most L{MAX_FILE_BYTES}; else L{OSError}."""
+    if not S_ISREG(stat.st_mode):
+        # (opening a FIFO would block the registry)
+        raise OSError(0, "not a regular file")
+    too_large = OSError(0, "larger than {:,} bytes".format(MAX_FILE_BYTES))
+    if stat.st_size > MAX_FILE_BYTES:
+        raise too_large
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise too_large
+    return data
+
+
 def _signature(stat):
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
@@ -316,6 +334,8 @@ class FileCatalog(Service):
 
     def _changed(self, ignored, path, mask):
         """An inotify event: scan soon (one scan for a burst of events)."""
+        if not self.running:
+            return
         if mask & _GONE:
             # The directory itself was removed or moved away: its watch is over. Poll
             # until it can be watched again.
@@ -371,8 +391,7 @@ class FileCatalog(Service):
             stat = os.stat(path)
             if _signature(stat) == entry.signature:
                 return False
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _read_regular(path, stat)
         except FileNotFoundError:
             # Gone between the listing and the read: the next scan drops it.
             return False
