@@ -539,6 +539,24 @@ class RegistryOverFileCatalogTests(RegistryTestCase):
         self.assertEqual(len(answer.json()["instances"]), 2)
         self.assertGreater(int(answer.header(b"A8-Index")), index)
 
+    def test_service_listings_follow(self):
+        """Listings of one service and the service names follow the file's changes."""
+        def listed(service):
+            answer = self.request("GET", "/api/v1/services/" + service)
+            return sorted(i["endpoint"]["value"] for i in answer.json()["instances"])
+
+        self.assertEqual(listed("reviews"), ["10.1.0.1:9080"])
+        write(self.path, [entry("reviews", "10.1.0.2:9080"), entry("ratings", "10.1.0.3:80")])
+        self.clock.advance(POLL)
+        self.assertEqual(listed("reviews"), ["10.1.0.2:9080"])
+        self.assertEqual(listed("ratings"), ["10.1.0.3:80"])
+        self.assertEqual(self.request("GET", "/api/v1/services").json()["services"],
+                         ["ratings", "reviews"])
+        os.remove(self.path)
+        self.clock.advance(POLL)
+        self.assertEqual(self.request("GET", "/api/v1/services/reviews").code, 404)
+        self.assertEqual(self.request("GET", "/api/v1/services").json()["services"], [])
+
     def test_malformed_changes_nothing(self):
         index = self.request("GET", "/api/v1/instances").header(b"A8-Index")
         write(self.path, "{")
