@@ -159,16 +159,27 @@ def _instance(entry, seen_at):
         status=entry.get("status", "UP"), metadata=entry.get("metadata"), seen_at=seen_at)
 
 
+def _entry_key(entry):
+    """An entry's service name and endpoint (hashable), or L{None}."""
+    try:
+        endpoint = entry["endpoint"]
+        key = (entry["service_name"], endpoint.get("type"), endpoint["value"])
+        hash(key)
+    except (TypeError, KeyError, AttributeError):
+        return None
+    return key
+
+
 def parse_catalog(data, kind, seen_at=0.0, known=None):
     """
     The bytes of a catalog file -> its instances.
 
     @param kind: C{"json"} or C{"yaml"}.
     @param seen_at: the C{last_heartbeat} of instances new in this file (its mtime).
-    @param known: a dict that this call fills with the file's entries (by their canonical
-        JSON) and their instances; given the dict of the file's previous version, an entry
-        that did not change keeps its instance (and its C{last_heartbeat}), which spares
-        its validation: a change of one entry in a large file costs little.
+    @param known: a dict that this call fills with the file's entries and their instances
+        (by service name and endpoint); given the dict of the file's previous version, an
+        entry equal to its previous version keeps its instance (and its C{last_heartbeat}),
+        which spares its validation: a change of one entry in a large file costs little.
     @return: a list of L{amalgam8.registry.model.Instance}, in the file's order, without
         repeats (the first of two entries with the same id is kept).
     @raise CatalogFileError: the file cannot be used (nothing of it is; C{known} is left
@@ -185,11 +196,9 @@ def parse_catalog(data, kind, seen_at=0.0, known=None):
     seen = {}
     instances = {}
     for index, entry in enumerate(entries):
-        try:
-            key = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=repr)
-        except (TypeError, ValueError):   # YAML keys that are not all strings
-            key = None
-        instance = None if key is None else previous.get(key) or seen.get(key)
+        key = _entry_key(entry)
+        kept = previous.get(key) if key is not None else None
+        instance = kept[1] if kept is not None and kept[0] == entry else None
         if instance is None:
             try:
                 instance = _instance(entry, seen_at)
@@ -198,7 +207,7 @@ def parse_catalog(data, kind, seen_at=0.0, known=None):
                 raise CatalogFileError("instance {}: {}".format(index, e),
                                        lines[index] if index < len(lines) else None)
         if key is not None:
-            seen[key] = instance
+            seen[key] = (entry, instance)
         instances.setdefault(instance.id, instance)
     if known is not None:
         known.clear()
