@@ -5,9 +5,14 @@ with its path and line, the previous content kept), removed and restored files, 
 C{from_settings}, and the registry API over L{CatalogMerge} over a file catalog.
 """
 
+import argparse
 import builtins
+import importlib.machinery
+import importlib.util
 import json
 import os
+import sys
+import types
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -688,3 +693,59 @@ class INotifyTests(TestCase):
         await eventually(lambda: self.listed() == [])
         write(self.path, [entry("a", "h:3")])
         await eventually(lambda: self.listed() == ["h:3"])
+
+
+def load_bench_registry():
+    """bench/registry (a script without a .py suffix) as a module."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "bench", "registry")
+    loader = importlib.machinery.SourceFileLoader("bench_registry", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name,
+                                                                             loader))
+    loader.exec_module(module)
+    return module
+
+
+class BenchCatalogRowsTests(SynchronousTestCase):
+    """bench/registry's catalog table: the other adapters' rows, when their modules exist."""
+
+    def setUp(self):
+        self.bench = load_bench_registry()
+        self.options = argparse.Namespace(changes=7)
+        self.patch(self.bench.bl, "log", lambda message: None)
+
+    def fake_module(self, measure):
+        """bench/fake_catalog.py with this C{measure}, the only catalog module."""
+        fake = types.ModuleType("bench.fake_catalog")
+        fake.measure = measure
+        sys.modules["bench.fake_catalog"] = fake
+        self.addCleanup(sys.modules.pop, "bench.fake_catalog")
+        self.patch(self.bench, "CATALOG_MODULES", ("fake_catalog",))
+
+    def test_modules_absent(self):
+        self.patch(self.bench, "CATALOG_MODULES", ("no_such_catalog_bench",))
+        self.assertEqual(self.bench.other_catalogs(self.options, []), [])
+
+    def test_module_rows(self):
+        """A module's measure(changes=N) rows join the table, padded to its columns."""
+        calls = []
+
+        def measure(changes=1000):
+            calls.append(changes)
+            return [("k8s change -> woken read, ms", "1.00 / 2.00")]
+        self.fake_module(measure)
+        rows = self.bench.other_catalogs(self.options, [])
+        self.assertEqual(calls, [7])
+        table = self.bench.catalog_rows(([], [(1, [0.001, 0.002])], rows))
+        self.assertEqual(table[-1], ("k8s change -> woken read, ms", "1.00 / 2.00", "", "", "",
+                                     ""))
+        self.assertEqual(table[1][0], "file change -> woken read, 1-instance file, ms")
+
+    def test_module_fails(self):
+        """A module's BenchError is an error of the run, not the end of it."""
+        def measure(changes=1000):
+            raise self.bench.BenchError("etcd did not start")
+        self.fake_module(measure)
+        errors = []
+        self.assertEqual(self.bench.other_catalogs(self.options, errors), [])
+        self.assertEqual(errors, ["bench/fake_catalog.py: etcd did not start"])
