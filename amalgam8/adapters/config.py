@@ -60,8 +60,9 @@ ADAPTER_SETTINGS = (
     Setting("etcd-serves", "A8_ETCD_SERVES", parse_text, "default",
             "The registry namespace (tenant) the etcd services are listed in."),
     Setting("fs-catalog", "A8_FS_CATALOG", _directory, None,
-            "A directory of catalog files, one `<namespace>.json` (or `.yaml`) per "
-            "tenant, in the registry's instance format; reloaded on change."),
+            "A directory of catalog files, one `<namespace>.json` (or `.yaml`, `.yml`) "
+            "per tenant, in the registry's instance format; reloaded on change (see "
+            "docs/adapters.md)."),
     Setting("fs-poll", "A8_FS_POLL", parse_duration_setting, "1s",
             "How often the catalog directory is checked where inotify is not available."),
 )

@@ -34,6 +34,7 @@ class CatalogMerge(Service):
     def __init__(self, store, catalogs):
         self.store = store
         self.catalogs = list(catalogs)
+        self._services = {}   # (id(catalog), namespace) -> (generation, {service: [...]})
 
     def startService(self):
         Service.startService(self)
@@ -53,11 +54,29 @@ class CatalogMerge(Service):
     def _generation(self, namespace):
         return sum(catalog.generation(namespace) for catalog in self.catalogs)
 
+    def _by_service(self, catalog, namespace):
+        """
+        A catalog's instances of a namespace by service name, kept while its generation
+        stays (a listing of one service costs that service, not the whole catalog).
+        """
+        generation = catalog.generation(namespace)
+        if not generation:
+            return {}   # (a namespace the catalog never served: nothing to keep)
+        key = (id(catalog), namespace)
+        kept = self._services.get(key)
+        if kept is None or kept[0] != generation:
+            groups = {}
+            for instance in catalog.instances(namespace):
+                groups.setdefault(instance.service_name, []).append(instance)
+            kept = self._services[key] = (generation, groups)
+        return kept[1]
+
     def _catalog_instances(self, namespace, service_name=None):
         for catalog in self.catalogs:
-            for instance in catalog.instances(namespace):
-                if service_name is None or instance.service_name == service_name:
-                    yield instance
+            if service_name is None:
+                yield from catalog.instances(namespace)
+            else:
+                yield from self._by_service(catalog, namespace).get(service_name, ())
 
     def _catalog_ids(self, namespace):
         return {instance.id for instance in self._catalog_instances(namespace)}
@@ -93,7 +112,8 @@ class CatalogMerge(Service):
     def services(self, namespace):
         def merged(answer):
             index, names = answer
-            extra = {i.service_name for i in self._catalog_instances(namespace)}
+            extra = {name for catalog in self.catalogs
+                     for name in self._by_service(catalog, namespace)}
             if extra - set(names):
                 names = sorted(set(names) | extra)
             return index + self._generation(namespace), names

@@ -3,6 +3,8 @@
 C{twistd -n a8registry}: options, environment and the service tree of the registry.
 """
 
+import sys
+
 from amalgam8.adapters.config import ADAPTER_SETTINGS, build_catalogs
 from amalgam8.adapters.merge import CatalogMerge
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
@@ -100,7 +102,13 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     parts = server_parts("registry", options, reactor)
     store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
-    catalogs = build_catalogs(options, reactor)
+    try:
+        catalogs = build_catalogs(options, reactor)
+    except SettingError as e:
+        # Like a bad option (SettingsOptions.parseOptions): one line, exit status 2.
+        sys.stderr.write("a8registry: {}\n".format(e))
+        sys.stderr.flush()
+        raise SystemExit(2)
     if catalogs:
         store = CatalogMerge(store, catalogs)
     store.setServiceParent(parts.top)
