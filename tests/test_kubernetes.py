@@ -14,8 +14,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
-from amalgam8.adapters.config import ADAPTER_SETTINGS
+from amalgam8.adapters import ICatalog
+from amalgam8.adapters.config import ADAPTER_SETTINGS, build_catalogs
 from amalgam8.adapters.kubernetes import (Backoff, KubernetesCatalog, endpoint_type,
                                           from_settings, version_tag)
 from amalgam8.adapters.merge import CatalogMerge
@@ -665,13 +667,18 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual((catalog.url, catalog.namespace, catalog.serves, catalog._token),
                          ("http://127.0.0.1:8001", "shop", "tenant", "t"))
 
-    def test_in_cluster(self):
+    def service_account(self, token=True):
         directory = self.mktemp()
         os.makedirs(directory)
-        with open(os.path.join(directory, "token"), "w") as f:
-            f.write("sa-token\n")
+        if token:
+            with open(os.path.join(directory, "token"), "w") as f:
+                f.write("sa-token\n")
         with open(os.path.join(directory, "ca.crt"), "wb") as f:
             f.write(TestCA().ca_pem)
+        return directory
+
+    def test_in_cluster(self):
+        directory = self.service_account()
         catalog = from_settings(settings(k8s_url="in-cluster"), Clock(), environ={
             "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"},
             service_account=directory)
@@ -691,6 +698,24 @@ class SettingsTests(SynchronousTestCase):
         with self.assertRaises(SettingError):
             from_settings(settings(k8s_url="https://k8s:6443", k8s_token_file=bad + "x"),
                           Clock())
+        with self.assertRaises(SettingError) as caught:
+            from_settings(settings(k8s_url="https://k8s:6443", k8s_token_file=bad,
+                                   k8s_token="t"), Clock())
+        self.assertIn("not both", str(caught.exception))
+
+    def test_in_cluster_token(self):
+        """In-cluster with k8s-token: that token, no file."""
+        catalog = from_settings(settings(k8s_url="in-cluster", k8s_token="given"), Clock(),
+                                environ={"KUBERNETES_SERVICE_HOST": "fd00::1"},
+                                service_account=self.service_account(token=False))
+        self.assertEqual((catalog.url, catalog._current_token()),
+                         ("https://[fd00::1]:443", "given"))
+
+    def test_build_catalogs(self):
+        """The registry's build_catalogs makes this catalog from k8s-url."""
+        [catalog] = build_catalogs(settings(k8s_url="http://127.0.0.1:1"), Clock())
+        self.assertIsInstance(catalog, KubernetesCatalog)
+        self.assertTrue(verifyObject(ICatalog, catalog))
 
 
 class TLSTests(TestCase):
@@ -745,3 +770,14 @@ class TLSTests(TestCase):
         self.assertGreaterEqual(catalog.backoff.failures, 2)
         self.assertEqual(catalog.instances("default"), [])
         self.assertEqual(self.fake.requests, [])
+
+
+class BenchTests(SynchronousTestCase):
+    """bench/catalog_kubernetes.py runs (the fake and a real registry on loopback)."""
+
+    def test_measure(self):
+        from bench.catalog_kubernetes import HEADER, measure
+        [row] = measure(changes=5, logdir=self.mktemp())
+        self.assertEqual(len(row), len(HEADER))
+        self.assertEqual(row[3], "5")
+        self.assertTrue(row[1].endswith(" ms") and float(row[1].split()[0]) > 0, row)

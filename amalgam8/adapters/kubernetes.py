@@ -534,10 +534,11 @@ def from_settings(values, reactor, environ=None, service_account=SERVICE_ACCOUNT
             raise SettingError("k8s-url: in-cluster, but KUBERNETES_SERVICE_HOST is not set "
                                "(not in a pod?)")
         url = "https://{}:{}".format("[{}]".format(host) if ":" in host else host, port)
-        token_file = token_file or os.path.join(service_account, "token")
+        if not values["k8s-token"]:
+            token_file = token_file or os.path.join(service_account, "token")
         ca_file = ca_file or os.path.join(service_account, "ca.crt")
-    if values["k8s-token"] and token_file and values["k8s-url"] != "in-cluster":
-        raise SettingError("k8s-token and k8s-token-file: give one")
+    if values["k8s-token"] and token_file:
+        raise SettingError("k8s-token and k8s-token-file: give one, not both")
     if token_file and not os.access(token_file, os.R_OK):
         raise SettingError("k8s-token-file: cannot read {}".format(token_file))
     policy = None
@@ -556,7 +557,7 @@ def from_settings(values, reactor, environ=None, service_account=SERVICE_ACCOUNT
              else Agent(reactor, pool=pool))
     return KubernetesCatalog(url, treq.client.HTTPClient(agent), reactor,
                              namespace=values["k8s-namespace"], serves=values["k8s-serves"],
-                             token=None if token_file else values["k8s-token"],
+                             token=values["k8s-token"],
                              token_file=token_file, pool=pool)
 
 
