@@ -387,30 +387,26 @@ class TokenTests(SynchronousTestCase):
             f.write(token + "\n")
         os.utime(self.path, ns=(mtime_ns, mtime_ns))
 
+    def rotate(self, mtime_ns):
+        """Start on token one; the server and the file move to two; the watch is dropped."""
+        h = Harness(token="one", token_file=self.path)
+        h.start()
+        self.addCleanup(h.stop)
+        h.fake.token = "two"
+        self.write("two", mtime_ns)
+        h.fake.drop_watches()
+        h.pump()
+        self.assertEqual(h.fake.watching(), 1)
+        self.assertEqual(h.catalog.backoff.failures, 0)
+        return len(h.watches())
+
     def test_rotation_by_mtime(self):
         """A token file that changes is re-read before the next request."""
-        h = Harness(token="one", token_file=self.path)
-        h.fake.put("endpoints", endpoints("reviews", [("10.0.0.1", None)]))
-        h.start()
-        self.addCleanup(h.stop)
-        h.fake.token = "two"
-        self.write("two", 2_000_000_000)
-        h.fake.drop_watches()
-        h.pump()
-        self.assertEqual(h.fake.watching(), 1)
-        self.assertEqual(h.catalog.backoff.failures, 0)
+        self.assertEqual(self.rotate(2_000_000_000), 2)
 
     def test_rotation_on_401(self):
-        """A 401 re-reads the token (same mtime) and retries once."""
-        h = Harness(token="one", token_file=self.path)
-        h.start()
-        self.addCleanup(h.stop)
-        h.fake.token = "two"
-        self.write("two", 1_000_000_000)
-        h.fake.drop_watches()
-        h.pump()
-        self.assertEqual(h.fake.watching(), 1)
-        self.assertEqual(h.catalog.backoff.failures, 0)
+        """A 401 re-reads the token (same mtime: not seen) and retries the request once."""
+        self.assertEqual(self.rotate(1_000_000_000), 3)
 
 
 class MalformedTests(SynchronousTestCase):
@@ -450,6 +446,24 @@ class MalformedTests(SynchronousTestCase):
         self.relist_with("/api/v1/namespaces/default/endpoints", 500, b"oops")
         self.assertEqual(self.h.values(), [("reviews", "10.0.0.1:9080", "UP")])
         self.assertIn("answered 500", self.warnings()[-1])
+
+    def test_pods_unreadable(self):
+        """Pods that cannot be listed (403) cost the version tags only, logged once."""
+        h = Harness()
+        h.fake.overrides["/api/v1/namespaces/default/pods"] = (403, b'{"kind": "Status"}')
+        h.fake.put("pods", pod("reviews-v1-1", {"version": "v1"}))
+        h.fake.put("endpoints", endpoints("reviews", [("10.0.0.1", "reviews-v1-1")]))
+        h.start()
+        self.addCleanup(h.stop)
+        h.fake.put("endpoints", endpoints("reviews", [("10.0.0.1", "reviews-v1-1"),
+                                                      ("10.0.0.2", "reviews-v1-1")]))
+        h.pump()
+        self.assertEqual([i.tags for i in h.catalog.instances("tenant")],
+                         [("kubernetes",), ("kubernetes",)])
+        self.assertEqual(self.warnings(), ["kubernetes: no version tags: GET "
+                                           "/api/v1/namespaces/default/pods answered 403"])
+        self.assertNotIn(("GET", "/api/v1/namespaces/default/pods/reviews-v1-1"),
+                         h.fake.requests)
 
     def test_malformed_object_keeps_its_instances(self):
         """An Endpoints whose shape is wrong is skipped: what was mirrored of it stays."""

@@ -160,6 +160,7 @@ class KubernetesCatalog(Service):
         self._sources = {}          # Endpoints/EndpointSlice name -> [Instance]
         self._flat = []
         self._pods = {}             # pod name -> pod object, or None: not found
+        self._pods_readable = True  # False while listing the pods fails (RBAC, say)
         self._logged = set()
         self._running = None
         self._response = None
@@ -224,16 +225,22 @@ class KubernetesCatalog(Service):
     async def _relist(self):
         if self.slices is None:
             response = await self._get(_SLICES)
+            body = await self._body(response)
             if response.code not in (200, 404):
                 raise _Failed("discovery of {} answered {}".format(_SLICES, response.code))
-            body = await self._body(response)
             self.slices = response.code == 200 and any(
                 r.get("name") == "endpointslices" for r in _object(body).get("resources", ()))
             log.info("kubernetes: mirroring {what} of namespace {namespace}",
                      what="EndpointSlices" if self.slices else "Endpoints",
                      namespace=self.namespace)
         listed = await self._list(self._path())
-        pods = await self._list("/api/v1/namespaces/{}/pods".format(self.namespace))
+        try:
+            pods = await self._list("/api/v1/namespaces/{}/pods".format(self.namespace))
+            self._pods_readable = True
+        except _Failed as e:
+            # Without the pods there are no version tags, but the endpoints still list.
+            self._log_once("kubernetes: no version tags: {problem}", problem=_describe(e))
+            pods, self._pods_readable = {"items": []}, False
         self._pods = {}
         for item in pods["items"]:
             name = (item.get("metadata") or {}).get("name") if isinstance(item, dict) else None
@@ -252,9 +259,10 @@ class KubernetesCatalog(Service):
 
     async def _list(self, path):
         response = await self._get(path)
+        body = await self._body(response)
         if response.code != 200:
             raise _Failed("GET {} answered {}".format(path, response.code))
-        listed = _object(await self._body(response))
+        listed = _object(body)
         version = (listed.get("metadata") or {}).get("resourceVersion")
         if not isinstance(listed.get("items"), list) or not isinstance(version, str):
             raise _Failed("GET {} is not a list with metadata.resourceVersion".format(path))
@@ -264,6 +272,8 @@ class KubernetesCatalog(Service):
         path = "{}?watch=1&allowWatchBookmarks=true&resourceVersion={}".format(
             self._path(), self.resource_version)
         response = await self._get(path, unbuffered=True)
+        if response.code != 200:
+            await self._body(response)
         if response.code == 410:
             raise _Gone()
         if response.code != 200:
@@ -400,7 +410,7 @@ class KubernetesCatalog(Service):
                 "name"):
             return None
         name = str(target["name"])
-        if name not in self._pods:
+        if name not in self._pods and self._pods_readable:
             path = "/api/v1/namespaces/{}/pods/{}".format(self.namespace, name)
             try:
                 response = await self._get(path)
@@ -417,7 +427,7 @@ class KubernetesCatalog(Service):
                 self._log_once("kubernetes: no version for pod {name}: {problem}",
                                name=name, problem=_describe(e))
                 return None
-        pod = self._pods[name]
+        pod = self._pods.get(name)
         try:
             return version_tag(pod, service) if pod else None
         except (AttributeError, TypeError):
