@@ -36,11 +36,12 @@ def _etcd_urls(text):
 
 ADAPTER_SETTINGS = (
     Setting("k8s-url", "A8_K8S_URL", _k8s_url, None,
-            "Mirror the Endpoints of a Kubernetes namespace: the API server's URL, or "
+            "Mirror the Endpoints (or EndpointSlices) of a Kubernetes namespace: the API "
+            "server's URL, or "
             "`in-cluster` for the one a pod's service account reaches "
             "(`KUBERNETES_SERVICE_HOST`)."),
     Setting("k8s-token", "A8_K8S_TOKEN", parse_text, None,
-            "Bearer token for the Kubernetes API (else `k8s-token-file`)."),
+            "Bearer token for the Kubernetes API (or `k8s-token-file`, not both)."),
     Setting("k8s-token-file", "A8_K8S_TOKEN_FILE", parse_text, None,
             "A file holding the token, re-read when it changes (in-cluster default: the "
             "service account's token)."),
