@@ -20,8 +20,8 @@ def payload(name):
         return f.read()
 
 
-class EurekaTests(RegistryTestCase):
-    """The Eureka operations against a registry in C{trusted} mode (token = namespace)."""
+class EurekaTestCase(RegistryTestCase):
+    """A registry in C{trusted} mode (token = namespace) with Eureka requests."""
 
     start_store = True
     modes = ("trusted",)
@@ -39,6 +39,11 @@ class EurekaTests(RegistryTestCase):
         self.assertEqual(xml.code, 204, xml.body)
         js = self.eureka("POST", "/apps/web", payload("register.json"), namespace=namespace)
         self.assertEqual(js.code, 204, js.body)
+
+
+
+class EurekaTests(EurekaTestCase):
+    """The Eureka operations."""
 
     def test_register_lists_as_registry_instances(self):
         self.register_both()
@@ -155,7 +160,7 @@ class EurekaTests(RegistryTestCase):
         self.assertEqual(listing[0]["ttl"], 10)
 
 
-class EurekaLeaseBoundsTests(EurekaTests):
+class EurekaLeaseBoundsTests(EurekaTestCase):
     """The lease is held within the registry's ttl bounds."""
 
     ttl_policy = TTLPolicy(30, 20, 60)
