@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_eureka -*-
 """
 Tests for L{amalgam8.registry.eureka}: the Eureka-compatible API, driven with recorded Eureka
 request payloads (tests/eureka_payloads/) through the registry's API.
@@ -106,6 +107,22 @@ class EurekaTests(EurekaTestCase):
             self.eureka("PUT", "/apps/WEB/host1:WEB:8080/status?value=BAD").code, 400)
         self.assertEqual(self.eureka("DELETE", "/apps/WEB/host1:WEB:8080").code, 200)
         self.assertEqual(self.eureka("DELETE", "/apps/WEB/host1:WEB:8080").code, 404)
+
+    def test_other_origins_and_status_override(self):
+        self.register(token="team", body={"service_name": "reviews", "tags": ["v1"],
+                                          "endpoint": {"type": "http", "value": "10.1.0.1:9080"}})
+        [view] = self.eureka("GET", "/apps/REVIEWS").json()["application"]["instance"]
+        self.assertEqual((view["app"], view["ipAddr"], view["port"]["$"], view["metadata"]),
+                         ("REVIEWS", "10.1.0.1", 9080, {"amalgam8.tags": "v1"}))
+        path = "/apps/REVIEWS/" + view["instanceId"]
+        self.assertEqual(self.eureka("PUT", path + "/status?value=OUT_OF_SERVICE").code, 200)
+        self.assertEqual(self.eureka("GET", path).json()["instance"]["status"],
+                         "OUT_OF_SERVICE")
+        self.assertEqual(self.eureka("DELETE", path + "/status").code, 200)
+        self.assertEqual(self.eureka("GET", path).json()["instance"]["status"], "UP")
+
+    def test_unknown_namespace_token(self):
+        self.assertEqual(self.eureka("GET", "/apps", namespace="bad%20name").code, 401)
 
     def test_blocking_read_wakes(self):
         first = self.request("GET", "/api/v1/instances", token="team")
