@@ -16,6 +16,15 @@ BASE = "/api/eureka/{}/v2"
 XML = b"application/xml"
 
 
+def _shape(value):
+    """The keys and value types of a JSON value, recursively (lists by their first item)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
 def payload(name):
     with open(os.path.join(PAYLOADS, name), "rb") as f:
         return f.read()
@@ -75,6 +84,14 @@ class EurekaTests(EurekaTestCase):
         self.assertEqual(ports, [("8080", "true"), ("8080", "false")])
         self.assertEqual([e.text for e in root.iter("instanceId")],
                          ["host1:WEB:8080", "host2:web:8443"])
+
+    def test_apps_shape_matches_recorded_answer(self):
+        self.eureka("POST", "/apps/WEB", payload("register.xml"), XML)
+        recorded = json.loads(payload("apps-response.json"))
+        ours = self.eureka("GET", "/apps").json()
+        self.assertEqual(_shape(ours), _shape(recorded))
+        self.assertEqual(ours["applications"]["application"][0]["instance"][0]["port"],
+                         recorded["applications"]["application"][0]["instance"][0]["port"])
 
     def test_app_instance_vips(self):
         self.register_both()
