@@ -14,6 +14,7 @@ from twisted.logger import Logger
 
 from amalgam8.errors import InvalidRequest, NotFound
 from amalgam8.logs import debug_enabled
+from amalgam8.registry.eureka import EurekaAPI
 from amalgam8.registry.model import FIELDS, STATUSES, parse_registration
 from amalgam8.registry.fast import RegistryFront
 from amalgam8.watch import GroupedWaits
@@ -84,6 +85,7 @@ class RegistryAPI:
         self._waits = GroupedWaits(clock, store.wait_for_change)
         self._metrics.registry.register(_StoreCollector(store, self._waits))
         self._require_https = require_https
+        self._eureka = EurekaAPI(store, authenticator, ttl.grant).resource()
 
     def resource(self):
         """The root C{IResource} of the server."""
@@ -117,6 +119,11 @@ class RegistryAPI:
     @route_name("openapi")
     async def openapi(self, request):
         return _body(request, _openapi())
+
+    @app.route("/api/eureka/", branch=True)
+    def eureka(self, request):
+        """The Eureka-compatible API (L{amalgam8.registry.eureka})."""
+        return self._eureka
 
     # -- instances ---------------------------------------------------------------------------
 
