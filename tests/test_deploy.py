@@ -20,12 +20,15 @@ import kubernetes_validate
 import yaml
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import TestCase
 
 from amalgam8.controller.tap import SETTINGS as CONTROLLER_SETTINGS
 from amalgam8.registry.tap import SETTINGS as REGISTRY_SETTINGS
 from amalgam8.sidecar.config import SETTINGS as SIDECAR_SETTINGS
+# The bookinfo script, imported once (by path) for the tests of the examples.
+from tests.test_examples import bookinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -231,6 +234,35 @@ def rbac_problems(docs):
     return problems
 
 
+def app_problems(docs, dockerfiles):
+    """
+    Each bookinfo container's entrypoint + args parse with the script's own options, its
+    version is the pod's C{version} label, and its sidecar names the same service and tag.
+    """
+    problems = []
+    argv = entrypoint(dockerfiles["bookinfo"])[0]
+    for doc, container in containers(docs):
+        if image_name(container["image"]) != "bookinfo":
+            continue
+        what = "{} {}".format(where(doc), container["name"])
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        options = bookinfo.Options({})
+        try:
+            options.parseOptions(argv[2:] + container.get("args", []))
+        except usage.UsageError as e:
+            problems.append("{}: {}".format(what, e))
+            continue
+        if options["version"] != labels.get("version"):
+            problems.append("{}: version {} under the label {}".format(
+                what, options["version"], labels.get("version")))
+        sidecars = [c for _, c in containers([doc]) if image_name(c["image"]) == "a8sidecar"]
+        wanted = "{}:{}".format(options["service"], options["version"])
+        if [_environ(c).get("A8_SERVICE") for c in sidecars] != [wanted]:
+            problems.append("{}: not beside one a8sidecar with A8_SERVICE={}".format(
+                what, wanted))
+    return problems
+
+
 def all_dockerfiles():
     return {path.name[:-len(".Dockerfile")]: path.read_text()
             for path in DOCKER.glob("*.Dockerfile")}
@@ -325,6 +357,18 @@ class DeployTests(TestCase):
             problems = dockerfile_problems(broken)
             self.assertTrue(problems, (name, new))
             self.assertTrue(all(p.startswith(name) for p in problems), problems)
+
+    def test_apps(self):
+        self.assertEqual(app_problems(self.docs, self.dockerfiles), [])
+        for deployment, container, change in [
+                ("reviews-v3", "reviews", lambda c: c.update(args=["--service", "reviewz"])),
+                ("reviews-v2", "reviews", lambda c: c["args"].__setitem__(-1, "v3")),
+                ("ratings-v1", "a8sidecar", lambda c: c["env"][0].update(value="ratings:v2"))]:
+            broken = copy.deepcopy(self.docs)
+            change(self.container(broken, deployment, container))
+            problems = app_problems(broken, self.dockerfiles)
+            self.assertTrue(problems, deployment)
+            self.assertTrue(all(deployment in p for p in problems), problems)
 
     def test_sidecar_image_has_the_proxy(self):
         """The sidecar image installs Debian's nginx with Lua and what the proxy loads."""
