@@ -36,6 +36,8 @@ setup(
         "dev": [
             "hypothesis>=6.100",
             "openapi-spec-validator>=0.7",
+            # tests/test_deploy.py validates deploy/kubernetes offline against its bundled schemas.
+            "kubernetes-validate>=1.30",
         ],
     },
     entry_points={"console_scripts": ["a8ctl = amalgam8.cli.main:entry"]},
