@@ -17,7 +17,7 @@ One contract suite (L{amalgam8.testing.catalogs}) runs against every adapter.
 from twisted.application.service import IService
 from zope.interface import Attribute
 
-__all__ = ["ICatalog", "catalog_instance"]
+__all__ = ["ICatalog", "catalog_instance", "add_listener"]
 
 
 class ICatalog(IService):
@@ -80,3 +80,17 @@ def catalog_instance(service_name, endpoint_value, endpoint_type="http", tags=()
     except InvalidRequest as e:
         raise ValueError(e.message) from None
     return Instance(registration, float(seen_at))
+
+
+def add_listener(listeners, listener):
+    """
+    C{ICatalog.subscribe} for a catalog that keeps its listeners in the list C{listeners}.
+
+    @return: the no-argument callable that unsubscribes C{listener}.
+    """
+    listeners.append(listener)
+
+    def unsubscribe():
+        if listener in listeners:
+            listeners.remove(listener)
+    return unsubscribe

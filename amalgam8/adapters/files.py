@@ -38,7 +38,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.runtime import platform
 from zope.interface import implementer
 
-from amalgam8.adapters import ICatalog, catalog_instance
+from amalgam8.adapters import ICatalog, catalog_instance, add_listener
 from amalgam8.settings import SettingError
 
 __all__ = ["FileCatalog", "CatalogFileError", "parse_catalog", "from_settings"]
@@ -286,12 +286,7 @@ class FileCatalog(Service):
         return self._generations.get(namespace, 0)
 
     def subscribe(self, listener):
-        self._listeners.append(listener)
-
-        def unsubscribe():
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-        return unsubscribe
+        return add_listener(self._listeners, listener)
 
     # -- the service ------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from amalgam8.adapters import ICatalog, catalog_instance
+from amalgam8.adapters import ICatalog, catalog_instance, add_listener
 
 __all__ = ["KubernetesCatalog", "Backoff", "endpoint_type", "version_tag", "from_settings",
            "SERVICE_ACCOUNT"]
@@ -179,12 +179,7 @@ class KubernetesCatalog(Service):
         return self._generation if namespace == self.serves else 0
 
     def subscribe(self, listener):
-        self._listeners.append(listener)
-
-        def unsubscribe():
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-        return unsubscribe
+        return add_listener(self._listeners, listener)
 
     def startService(self):
         Service.startService(self)

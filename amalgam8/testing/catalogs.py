@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from amalgam8.adapters import ICatalog
+from amalgam8.adapters import ICatalog, add_listener
 
 __all__ = ["StaticCatalog", "catalog_tests"]
 
@@ -56,12 +56,7 @@ class StaticCatalog(Service):
         return self._generations.get(namespace, 0)
 
     def subscribe(self, listener):
-        self._listeners.append(listener)
-
-        def unsubscribe():
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-        return unsubscribe
+        return add_listener(self._listeners, listener)
 
 
 def catalog_tests(make_fixture):
