@@ -338,8 +338,11 @@ def parse_instance(body, app, grant_ttl):
         raise InvalidRequest("instance.port or instance.securePort must be enabled")
     lease = instance.get("leaseInfo")
     duration = 0
+    renewal = RENEWAL
     if isinstance(lease, dict):
         duration = _whole(lease.get("durationInSecs", 0), "instance.leaseInfo.durationInSecs")
+        renewal = _whole(lease.get("renewalIntervalInSecs", RENEWAL),
+                         "instance.leaseInfo.renewalIntervalInSecs", 0, 86400) or RENEWAL
     elif lease not in (None, ""):
         raise InvalidRequest("instance.leaseInfo must be an object")
     metadata = _metadata(instance)
@@ -348,6 +351,8 @@ def parse_instance(body, app, grant_ttl):
               "status": status, "port": [port, port_on], "securePort": [secure, secure_on]}
     if secure_vip is not None:
         eureka["secureVipAddress"] = secure_vip
+    if renewal != RENEWAL:
+        eureka["renewal"] = renewal
     for url in URLS:
         value = _string(instance, url, required=False)
         if value is not None:
@@ -446,24 +451,25 @@ def instance_view(instance, action=ADDED):
     if registration.tags:
         metadata[TAGS_KEY] = ";".join(registration.tags)
     vip = _pick(data, "vipAddress", str, registration.service_name)
+    status = _eureka_status(registration, data)
     view = {
         "instanceId": eureka_id(instance),
         "hostName": _pick(data, "hostName", str, host),
         "app": registration.service_name.upper(),
         "ipAddr": host,
-        "status": _eureka_status(registration, data),
+        "status": status,
         "overriddenStatus": "UNKNOWN",
         "port": _port_view(data, "port", 0 if secure else port, not secure),
         "securePort": _port_view(data, "securePort", port if secure else 443, secure),
         "countryId": 1,
         "dataCenterInfo": dict(_DATA_CENTER),
         "leaseInfo": {
-            "renewalIntervalInSecs": RENEWAL,
+            "renewalIntervalInSecs": _pick(data, "renewal", int, RENEWAL),
             "durationInSecs": registration.ttl,
             "registrationTimestamp": millis,
             "lastRenewalTimestamp": millis,
             "evictionTimestamp": 0,
-            "serviceUpTimestamp": millis,
+            "serviceUpTimestamp": millis if status == "UP" else 0,
         },
         "metadata": metadata or dict(_EMPTY_MAP),
     }
@@ -479,6 +485,13 @@ def instance_view(instance, action=ADDED):
         "lastDirtyTimestamp": str(millis),
         "actionType": action,
     })
+    return view
+
+
+def _deleted_view(instance, now):
+    """The view of an instance seen gone at C{now}: C{DELETED}, evicted then."""
+    view = instance_view(instance, DELETED)
+    view["leaseInfo"]["evictionTimestamp"] = int(now * 1000)
     return view
 
 
@@ -620,9 +633,11 @@ class RecentChanges:
     each key with its latest state (C{ADDED} and C{MODIFIED} carry the instance as it is,
     C{DELETED} as it was last seen). A heartbeat is no change.
 
-    A namespace is followed from its first view that lists an instance; one not viewed for
-    L{RETENTION} seconds is forgotten (its next view starts afresh: the client's hash code
-    check catches what it missed).
+    A namespace is followed from its first view that lists an instance (which notes them all
+    C{ADDED}: until then it was empty for its clients); a view of an empty namespace that is
+    not followed keeps nothing, so any number of unused namespaces (tokens) costs nothing.
+    One not viewed for L{RETENTION} seconds is forgotten: its next view starts afresh, and
+    the hash code check of a client idle as long catches what it missed, as with Eureka.
 
     @ivar clock: the C{IReactorTime} that stamps the changes.
     @ivar retention: how long a change is kept (seconds).
@@ -661,12 +676,15 @@ class RecentChanges:
             keys.setdefault(entry[1], []).append(instance)
         code = hashcode(entry[2] for entry in ids.values())
         if seen is None:
-            if instances:
-                self._seen[namespace] = _Seen(now, index, ids, keys)
-            return code
+            if not instances:
+                return code
+            # Before its first view that lists something a namespace is empty for us: what
+            # it lists now is ADDED (for a client that fetched it empty).
+            seen = self._seen[namespace] = _Seen(now, -1, {}, {})
         if index < seen.index:
-            # An older read answered late: what it shows was seen already.
-            return code
+            # An older read answered late: what it shows was seen already, and the answer
+            # is of what was seen since.
+            return hashcode(entry[2] for entry in seen.ids.values())
         changes = seen.changes
         for key, listed in keys.items():
             before = seen.keys.get(key)
@@ -681,7 +699,7 @@ class RecentChanges:
         for key, before in seen.keys.items():
             if key not in keys:
                 changes.pop(key, None)
-                changes[key] = (now, DELETED, [instance_view(i, DELETED) for i in before])
+                changes[key] = (now, DELETED, [_deleted_view(i, now) for i in before])
         oldest = now - self.retention
         for key in [key for key, change in changes.items() if change[0] < oldest]:
             del changes[key]
@@ -820,7 +838,7 @@ class EurekaAPI:
         values = request.args.get(b"value")
         if request.method == b"DELETE" and not values:
             values = [b"UP"]
-        if not values:
+        if not values or not values[-1].strip():
             raise InvalidRequest("the query parameter value is required")
         status = _status(values[-1].decode("utf-8", "replace"), "value")
         instance = await self._find(namespace, app, instance_id)
