@@ -51,6 +51,7 @@ __all__ = [
     "parse_positive_duration",
     "parse_positive_int",
     "parse_url",
+    "parse_urls",
     "choice",
     "check_endpoint",
     "markdown",
@@ -145,6 +146,26 @@ def parse_url(text):
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("{!r} has a bad port (1-65535)".format(text))
     return value.rstrip("/")
+
+
+def parse_urls(text):
+    """
+    One http(s) URL or several, comma-separated (or a YAML list): the replicas of one server, which a client
+    fails over between (L{amalgam8.client}). Blank is no URL (L{None}).
+
+    @return: the URLs without trailing slashes, joined by commas.
+    """
+    if isinstance(text, (list, tuple)):      # a YAML list
+        parts = [str(part) for part in text]
+    else:
+        parts = str(text).split(",")
+    parts = [part for part in parts if part.strip()]
+    urls = [parse_url(part) for part in parts]
+    if not urls:
+        return None
+    if len(set(urls)) != len(urls):
+        raise ValueError("{!r} names a URL twice".format(text))
+    return ",".join(urls)
 
 
 def choice(what, choices, aliases=None):
