@@ -463,8 +463,9 @@ class SettingsOptions(usage.Options):
     through an C{opt_} method), C{--help} from the table, and every error one line and
     exit status 2 (twistd's own handling would print the whole usage text and exit 1).
     Subclasses set C{settings} and C{program}, and may add cross-checks in L{check}.
-    After parsing, C{self[name]} is each setting's value and C{self.loaded} the
-    L{Loaded}.
+    After parsing, C{self[name]} is each setting's value, C{self.loaded} the
+    L{Loaded}, and C{self.given} the options as the command line gave them (name -> text,
+    a list for a repeatable one, L{None} when not given).
     """
 
     settings = ()
@@ -500,8 +501,10 @@ class SettingsOptions(usage.Options):
         return flags
 
     def postOptions(self):
+        # What the command line gave, as text (C{given}): what a worker is passed again.
+        self.given = self.given_flags()
         try:
-            self.loaded = load(self.settings, self.given_flags(), self.environ)
+            self.loaded = load(self.settings, self.given, self.environ)
             self.update(self.loaded.values)
             self.check()
         except SettingError as e:
@@ -606,6 +609,10 @@ SERVER_SETTINGS = (
     Setting("idle-timeout", "A8_IDLE_TIMEOUT", parse_positive_duration, "15s",
             "How long a connection may stay open with no request in it. Above the default "
             "heartbeat interval (ttl/3 = 10s), so a sidecar's connection is kept."),
+    Setting("processes", "A8_PROCESSES", parse_positive_int, "1",
+            "Serve from this many processes on the same listening sockets (the first one "
+            "binds them and supervises the others), so one host uses all its cores. More "
+            "than 1 needs a shared store (Redis, etcd) and `tcp` listeners."),
     Setting("max-connections", "A8_MAX_CONNECTIONS", _connection_cap, "auto",
             "The most client connections served at once; one more is answered 503 with "
             "`Retry-After` as soon as it is accepted. `auto`: the open-file limit (raised "
