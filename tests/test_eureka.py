@@ -164,16 +164,9 @@ class EurekaTestCase(RegistryTestCase, PayloadAssertions):
         return [(i["actionType"], i["instanceId"], i["status"])
                 for app in self.delta(namespace)["application"] for i in app["instance"]]
 
-    def quiet(self):
-        """
-        Let the changes seen so far (the first view's ADDED) age out of the delta, renewing
-        every instance meanwhile.
-        """
-        for _ in range(10):
-            for app in self.apps()["application"]:
-                for view in app["instance"]:
-                    self.eureka("PUT", "/apps/{}/{}".format(app["name"], view["instanceId"]))
-            self.clock.advance(RETENTION / 9)
+    def follow(self):
+        """A first view of the namespace: its changes are noted from here on."""
+        self.apps()
         self.assertEqual(self.changes(), [])
 
     def registered(self):
@@ -453,7 +446,7 @@ class DeltaTests(EurekaTestCase):
         """
         self.register_both()
         self.register_payload("register-secure.xml")
-        self.quiet()
+        self.follow()
         body = json.loads(payload("register.json"))
         body["instance"].update(instanceId="host4:web:8080", hostName="host4",
                                 ipAddr="10.0.0.4")
@@ -471,7 +464,7 @@ class DeltaTests(EurekaTestCase):
     def test_nothing_changed(self):
         """Without a change since the first fetch the delta is empty; renewals are no change."""
         self.register_both()
-        self.quiet()
+        self.follow()
         self.clock.advance(30)
         self.eureka("PUT", HOST1)
         self.register_payload("register.json")
@@ -481,7 +474,7 @@ class DeltaTests(EurekaTestCase):
     def test_changes_kept_three_minutes(self):
         """A change stays in the delta for RETENTION seconds after it was seen, then goes."""
         self.register_payload("register.xml")
-        self.quiet()
+        self.follow()
         self.register_payload("register.json")
         self.assertEqual(len(self.changes()), 1)
         for _ in range(3):
@@ -499,7 +492,7 @@ class DeltaTests(EurekaTestCase):
         """An instance whose lease ran out is DELETED in the next delta."""
         self.register_payload("register.xml")
         self.register_payload("register-secure.xml")
-        self.quiet()
+        self.follow()
         self.clock.advance(31)
         self.assertEqual(self.changes(), [("DELETED", "host3:web:8443", "STARTING")])
         self.assertEqual(self.delta()["apps__hashcode"], "UP_1_")
@@ -507,7 +500,7 @@ class DeltaTests(EurekaTestCase):
     def test_other_origins(self):
         """Instances registered or removed through /api/v1 are in the delta too."""
         self.register_payload("register.xml")
-        self.quiet()
+        self.follow()
         answer = self.register(token="team", body={
             "service_name": "reviews", "endpoint": {"type": "http", "value": "10.1.0.1:9080"}})
         self.assertEqual(self.changes(), [("ADDED", answer["id"], "UP")])
@@ -518,7 +511,7 @@ class DeltaTests(EurekaTestCase):
         """The same Eureka instance at a new address is MODIFIED, not deleted and added."""
         body = json.loads(payload("register.json"))
         self.register_body(body)
-        self.quiet()
+        self.follow()
         body["instance"]["ipAddr"] = "10.0.0.9"
         self.register_body(body)
         [app] = self.delta()["application"]
@@ -528,28 +521,42 @@ class DeltaTests(EurekaTestCase):
     def test_deleted_then_added_is_added(self):
         """An instance cancelled and registered again shows once, ADDED."""
         self.register_payload("register.xml")
-        self.quiet()
+        self.follow()
         self.eureka("DELETE", HOST1)
         self.assertEqual(self.changes(), [("DELETED", "host1:WEB:8080", "UP")])
         self.register_payload("register.xml")
         self.assertEqual(self.changes(), [("ADDED", "host1:WEB:8080", "UP")])
 
-    def test_first_view_adds_everything(self):
+    def test_first_view_is_the_baseline(self):
         """
-        Until a view lists something a namespace is empty for its clients: what the first
-        such view finds is ADDED.
+        A namespace's first view notes no change; a client that fetched it empty sees that
+        the hash code is not its own (C{""}).
         """
         self.assertEqual(self.changes(), [])
         self.register_both()
+        delta = self.delta()
+        self.assertEqual((delta["application"], delta["apps__hashcode"]), ([], "UP_2_"))
+
+    def test_forgotten_namespace_adds_everything(self):
+        """
+        A namespace no view looked at for RETENTION seconds is forgotten; its next view
+        notes everything ADDED (for a client idle as long).
+        """
+        self.register_both()
+        self.follow()
+        for _ in range(4):
+            self.clock.advance(RETENTION / 4 + 1)
+            self.eureka("PUT", HOST1)
+            self.eureka("PUT", "/apps/WEB/host2:web:8443")
         self.assertEqual(self.changes(), [("ADDED", "host1:WEB:8080", "UP"),
                                           ("ADDED", "host2:web:8443", "UP")])
-        self.quiet()
-        self.assertEqual(self.delta()["apps__hashcode"], "UP_2_")
 
     def test_delta_tenancy(self):
         """One namespace's changes are not in another's delta."""
         self.apps("/apps", "other")
         self.register_payload("register.xml")
+        self.follow()
+        self.register_payload("register.json")
         self.assertEqual(len(self.changes()), 1)
         delta = self.delta("other")
         self.assertEqual((delta["application"], delta["apps__hashcode"]), ([], ""))
@@ -617,11 +624,13 @@ class DeltaClientTests(EurekaTestCase):
         """
         Whatever registrations, cancels, status changes, renewals, /api/v1 registrations and
         expiries happen, a client fetching a delta at least every RETENTION seconds has the
-        list GET /apps answers, and the delta's hash code is its own.
+        list GET /apps answers, and the delta's hash code is its own (but when the list was
+        empty at its last fetch: then the hash code tells it to fetch the whole list).
         """
         self.setUp()
         client = _Client()
         client.full(self.apps())
+        was_empty = True
         since = 0
         for action, host, app, status, address, wait, fetch in steps:
             if since + wait >= RETENTION - 1:
@@ -636,10 +645,15 @@ class DeltaClientTests(EurekaTestCase):
                 delta = self.delta()
                 client.patch(delta)
                 since = 0
+                if client.hashcode() != delta["apps__hashcode"]:
+                    # The client fetches the whole list, as DiscoveryClient does: allowed
+                    # only when the list was empty at its last fetch (not followed then).
+                    self.assertTrue(was_empty, (client.summary(), delta))
+                    client.full(self.apps())
                 full = _Client()
                 full.full(self.apps())
                 self.assertEqual(client.summary(), full.summary())
-                self.assertEqual(client.hashcode(), delta["apps__hashcode"])
+                was_empty = not full.instances
 
     def step(self, action, host, app, status, address):
         instance_id = "host{}:{}".format(host, app)
@@ -684,12 +698,12 @@ class RecentChangesTests(SynchronousTestCase):
         code, views = self.changes.delta("team", index, instances)
         return code, [(v["actionType"], v["instanceId"], v["ipAddr"]) for v in views]
 
-    def test_first_view_adds(self):
-        """The first view of a namespace that lists instances notes them ADDED."""
+    def test_first_view_is_the_baseline(self):
+        """The first view of a namespace that lists instances notes no change."""
         self.assertEqual(self.actions(0, []), ("", []))
         self.assertEqual(self.actions(3, [self.instance(1), self.instance(2, status="DOWN")]),
-                         ("DOWN_1_UP_1_", [("ADDED", "host1", "10.0.0.1"),
-                                           ("ADDED", "host2", "10.0.0.2")]))
+                         ("DOWN_1_UP_1_", []))
+        self.assertEqual(self.changes.followed(), ["team"])
 
     def test_stale_read_ignored(self):
         """
@@ -699,19 +713,20 @@ class RecentChangesTests(SynchronousTestCase):
         one, two = self.instance(1), self.instance(2)
         self.changes.observe("team", 5, [one])
         self.changes.observe("team", 6, [one, two])
-        expected = ("UP_2_", [("ADDED", "host1", "10.0.0.1"), ("ADDED", "host2", "10.0.0.2")])
+        expected = ("UP_2_", [("ADDED", "host2", "10.0.0.2")])
         self.assertEqual(self.actions(5, [one]), expected)
         self.assertEqual(self.actions(6, [one, two]), expected)
 
     def test_heartbeat_is_no_change(self):
         """The same registration with a later heartbeat is no change (nor a later stamp)."""
         self.changes.observe("team", 1, [self.instance(1)])
+        self.changes.observe("team", 2, [self.instance(1), self.instance(2)])
         for _ in range(3):
             self.clock.advance(RETENTION / 3)
-            self.assertEqual(self.actions(1, [self.instance(1)]),
-                             ("UP_1_", [("ADDED", "host1", "10.0.0.1")]))
+            self.assertEqual(self.actions(2, [self.instance(1), self.instance(2)]),
+                             ("UP_2_", [("ADDED", "host2", "10.0.0.2")]))
         self.clock.advance(1)
-        self.assertEqual(self.actions(1, [self.instance(1)]), ("UP_1_", []))
+        self.assertEqual(self.actions(2, [self.instance(1), self.instance(2)]), ("UP_2_", []))
 
     def test_latest_change_per_instance(self):
         """
@@ -719,10 +734,6 @@ class RecentChangesTests(SynchronousTestCase):
         seconds after the later change.
         """
         self.changes.observe("team", 1, [self.instance(1)])
-        self.clock.advance(RETENTION / 2)
-        self.changes.observe("team", 1, [self.instance(1)])
-        self.clock.advance(RETENTION / 2 + 1)
-        self.assertEqual(self.actions(1, [self.instance(1)]), ("UP_1_", []))
         self.changes.observe("team", 2, [self.instance(1, "10.0.0.7")])
         self.clock.advance(10)
         self.changes.observe("team", 3, [])
@@ -846,7 +857,7 @@ class BadInputTests(EurekaTestCase):
     def setUp(self):
         EurekaTestCase.setUp(self)
         self.register_payload("register.xml")
-        self.quiet()
+        self.follow()
 
     def test_bad_registrations(self):
         """Malformed, hostile, mistyped, oversized or mis-typed registration bodies."""

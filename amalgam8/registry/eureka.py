@@ -535,9 +535,9 @@ def to_xml(name, value, names=_XML_NAMES.get):
     are written with XStream's escapes (C{_} as C{__}), and characters XML cannot carry are
     replaced (U+FFFD).
     """
-    name = names(name, name)
     if isinstance(value, list):
         return "".join(to_xml(name, item, names) for item in value)
+    name = names(name, name)
     if not isinstance(value, dict):
         return "<{0}>{1}</{0}>".format(name, _text(value))
     attributes = "".join(" {}={}".format(key[1:], quoteattr(_NOT_XML.sub("\ufffd",
@@ -553,7 +553,8 @@ def to_xml(name, value, names=_XML_NAMES.get):
     return "<{0}{1}>{2}</{0}>".format(name, attributes, inner)
 
 
-def _metadata_name(key, default):
+def _metadata_name(key, _default):
+    """The XML name of a metadata key (XStream's escapes)."""
     return _xstream_escape(key)
 
 
@@ -633,11 +634,13 @@ class RecentChanges:
     each key with its latest state (C{ADDED} and C{MODIFIED} carry the instance as it is,
     C{DELETED} as it was last seen). A heartbeat is no change.
 
-    A namespace is followed from its first view that lists an instance (which notes them all
-    C{ADDED}: until then it was empty for its clients); a view of an empty namespace that is
-    not followed keeps nothing, so any number of unused namespaces (tokens) costs nothing.
-    One not viewed for L{RETENTION} seconds is forgotten: its next view starts afresh, and
-    the hash code check of a client idle as long catches what it missed, as with Eureka.
+    A namespace is followed from its first view that lists an instance, which notes no
+    change: a client that fetched it empty has the hash code C{""}, which no other list has,
+    and fetches the whole list. A view of an empty namespace that is not followed keeps
+    nothing, so unused namespaces (any token names one) cost nothing. A namespace no view
+    looked at for L{RETENTION} seconds is forgotten; when it is viewed again everything it
+    lists is C{ADDED}, so that a client idle as long gets each instance again (and, by the
+    hash code, fetches the whole list if something went away).
 
     @ivar clock: the C{IReactorTime} that stamps the changes.
     @ivar retention: how long a change is kept (seconds).
@@ -646,6 +649,7 @@ class RecentChanges:
     clock: object
     retention: float = RETENTION
     _seen: dict = attrs.field(factory=dict, init=False)
+    _forgotten: set = attrs.field(factory=set, init=False)
     _next_sweep: float = attrs.field(default=0, init=False)
 
     def observe(self, namespace, index, instances):
@@ -678,8 +682,14 @@ class RecentChanges:
         if seen is None:
             if not instances:
                 return code
-            # Before its first view that lists something a namespace is empty for us: what
-            # it lists now is ADDED (for a client that fetched it empty).
+            if namespace not in self._forgotten:
+                # The first view: what it finds is where the queue starts. (A client that
+                # fetched the namespace empty before has the hash code "", which differs.)
+                self._seen[namespace] = _Seen(now, index, ids, keys)
+                return code
+            # Followed again after it was forgotten: what it lists is ADDED, for a client
+            # that was idle as long.
+            self._forgotten.discard(namespace)
             seen = self._seen[namespace] = _Seen(now, -1, {}, {})
         if index < seen.index:
             # An older read answered late: what it shows was seen already, and the answer
@@ -730,6 +740,7 @@ class RecentChanges:
         oldest = now - self.retention
         for name in [name for name, seen in self._seen.items() if seen.at < oldest]:
             del self._seen[name]
+            self._forgotten.add(name)
 
     def followed(self):
         """The namespaces followed now (for tests and metrics)."""
