@@ -31,6 +31,9 @@ setup(
         "jsonschema>=4.18",
         # The sidecar's YAML configuration file (A8_CONFIG), as Amalgam8 0.4 read it.
         "PyYAML>=6.0",
+        # Eureka clients send XML bodies: defusedxml refuses DTDs, entity declarations and
+        # external references (no entity bombs, no external entities) on top of expat.
+        "defusedxml>=0.7.1",
     ],
     extras_require={
         "dev": [
