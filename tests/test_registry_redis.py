@@ -1,0 +1,225 @@
+"""
+Tests for L{amalgam8.registry.store.redis} against a real C{redis-server} on a free
+loopback port: the IRegistryStore contract (the memory store's suite), replicas racing,
+waking each other, exact expiry, and Redis going away and coming back.
+"""
+
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from amalgam8.errors import StoreUnavailable, UnknownInstance
+from amalgam8.redislink import RedisAddress, RedisLink
+from amalgam8.registry.store.redis import RedisStore, encode_registration
+from amalgam8.testing.redis import Settle, redis_missing, shared_server, spin
+from amalgam8.testing.registry import registration, registry_store_tests
+
+_missing = redis_missing()
+
+
+def _server():
+    if _missing:
+        raise SkipTest(_missing)
+    return shared_server("registry-store")
+
+
+class RedisCase:
+    """
+    A mixin for synchronous tests of Redis stores on the process's shared server: the
+    server is emptied before each test, C{self.later} settles every store made by
+    L{redis_store}, and each store's connections are closed in clean-up.
+    """
+
+    def setUpLater(self):
+        self.redis = _server()
+        self.redis.command("FLUSHALL")
+        self.later = Settle(reactor)
+
+    def redis_store(self, clock, capacity=None, **kwargs):
+        store = RedisStore(clock, reactor, RedisAddress("127.0.0.1", self.redis.port),
+                           capacity=capacity, **kwargs)
+        self.later.track(store)
+        self.addCleanup(self._closed, store)
+        return store
+
+    def _closed(self, store):
+        if store.running:
+            store.stopService()
+        if store.stopping is not None:
+            spin(store.stopping, reactor)
+
+
+def _make(case, clock, capacity=None):
+    return case.redis_store(clock, capacity)
+
+
+class RedisStoreContractTests(RedisCase, registry_store_tests(_make)):
+    """The Redis store keeps the IRegistryStore contract, on a real redis-server."""
+
+
+class RedisReplicaTests(RedisCase, SynchronousTestCase):
+    """Two stores on one Redis are two replicas of one registry."""
+
+    def setUp(self):
+        self.setUpLater()
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.one = self.start(self.redis_store(self.clock))
+        self.two = self.start(self.redis_store(self.clock))
+
+    def start(self, store):
+        store.startService()
+        return store
+
+    def result(self, deferred):
+        """Run the reactor until C{deferred} fires; its result."""
+        self.later.wait(deferred)
+        return self.successResultOf(deferred)
+
+    def test_changes_are_shared(self):
+        """What one replica registers the other lists, heartbeats and deregisters."""
+        instance = self.result(self.one.register("default", registration(tags=("v1",))))
+        index, listed = self.result(self.two.instances("default"))
+        self.assertEqual([i.registration for i in listed], [instance.registration])
+        renewed = self.result(self.two.heartbeat("default", instance.id))
+        self.assertEqual(renewed.registration, instance.registration)
+        self.result(self.two.deregister("default", instance.id))
+        self.assertEqual(self.result(self.one.instances("default"))[1], [])
+        beat = self.one.heartbeat("default", instance.id)
+        self.later.wait(beat)
+        self.failureResultOf(beat, UnknownInstance)
+
+    def test_wake_across_replicas(self):
+        """A change made through one replica wakes the waiters held on the other, from
+        the change message (the other replica sends nothing), well within 100 ms."""
+        index = self.result(self.two.instances("default"))[0]
+        waiters = [self.two.wait_for_change("default", index) for _ in range(20)]
+        self.later.flush()
+        self.assertFalse(any(w.called for w in waiters))
+        started = time.monotonic()
+        registered = self.one.register("default", registration())
+        self.result(gatherResults(waiters))
+        elapsed = time.monotonic() - started
+        self.assertTrue(registered.called)
+        new = self.result(self.one.instances("default"))[0]
+        self.assertEqual({w.result for w in waiters}, {new})
+        self.assertLess(elapsed, 0.1, "woken after {:.3f} s".format(elapsed))
+
+    def test_race_no_lost_update(self):
+        """Two replicas registering at once lose nothing: every instance is listed, the
+        index grew by exactly one per change, and the change messages carry strictly
+        increasing indexes."""
+        seen = []
+        watcher = RedisLink(reactor, RedisAddress("127.0.0.1", self.redis.port),
+                            channel="a8:r:changes", on_message=seen.append)
+        watcher.startService()
+        self.addCleanup(lambda: spin(watcher.stopService(), reactor))
+        self.result(watcher.settled())
+        spin_until(lambda: watcher.subscribed)
+        first = self.result(self.one.register("default", registration(value="seed:1")))
+        start = self.result(self.one.instances("default"))[0]
+        writes = []
+        for n in range(100):
+            writes.append(self.one.register("default", registration(value="a:%d" % n)))
+            writes.append(self.two.register("default", registration(value="b:%d" % n)))
+        self.result(gatherResults(writes))
+        self.result(watcher.settled())
+        index, listed = self.result(self.two.instances("default"))
+        self.assertEqual(len(listed), 201)
+        self.assertEqual(index, start + 200)
+        indexes = [int(text.split(" ", 1)[0]) for text in seen]
+        self.assertEqual(indexes, sorted(set(indexes)))
+        self.assertEqual(indexes[-200:], list(range(start + 1, start + 201)))
+        self.assertIn(first.id, [i.id for i in listed])
+
+    def test_race_same_instance(self):
+        """Both replicas re-registering one instance at once leave one instance, with
+        one of the two registrations, counted once in its service."""
+        writes = []
+        for n in range(50):
+            writes.append(self.one.register("default", registration(tags=("one%d" % n,))))
+            writes.append(self.two.register("default", registration(tags=("two%d" % n,))))
+        self.result(gatherResults(writes))
+        listed = self.result(self.one.instances("default"))[1]
+        self.assertEqual(len(listed), 1)
+        self.assertEqual(listed[0].tags, ("two49",))
+        self.assertEqual(self.redis.command("HGETALL", "a8:r:default:svcs"),
+                         [b"reviews", b"1"])
+
+    def test_heartbeat_races_deregister(self):
+        """A heartbeat racing a deregistration either renews the instance first or fails
+        after it: the instance never comes back, and a later heartbeat fails."""
+        instance = self.result(self.one.register("default", registration()))
+        beat = self.two.heartbeat("default", instance.id)
+        gone = self.one.deregister("default", instance.id)
+        self.later.flush()
+        self.successResultOf(gone)
+        if isinstance(beat.result, Failure):
+            self.failureResultOf(beat, UnknownInstance)
+        else:
+            self.assertEqual(self.successResultOf(beat).id, instance.id)
+        again = self.two.heartbeat("default", instance.id)
+        self.later.flush()
+        self.failureResultOf(again, UnknownInstance)
+        self.assertEqual(self.result(self.two.instances("default"))[1], [])
+
+    def test_expiry_swept_once(self):
+        """Both replicas sweep; each expired instance is removed and counted once."""
+        for n in range(10):
+            self.result(self.one.register("default", registration(value="x:%d" % n, ttl=10)))
+        index = self.result(self.two.instances("default"))[0]
+        self.clock.advance(11)
+        self.later.flush()
+        self.assertEqual(self.one.stats()["expirations"] + self.two.stats()["expirations"],
+                         10)
+        self.assertEqual(self.result(self.two.instances("default")),
+                         (index + 1, []))
+        self.assertEqual(self.redis.command("ZCARD", "a8:r:due"), 0)
+
+    def test_keys_of_a_namespace(self):
+        """A namespace's keys are under its percent-encoded name: one namespace cannot
+        spell another's keys."""
+        self.result(self.one.register("a:b", registration(service="s:x")))
+        keys = sorted(self.redis.command("KEYS", "a8:r:*"))
+        self.assertIn(b"a8:r:a%3Ab:reg", keys)
+        self.assertIn(b"a8:r:a%3Ab:s:s:x", keys)
+        self.assertEqual(self.result(self.two.instances("a")), (0, []))
+
+    def test_index_starts_from_the_clock(self):
+        """A namespace's first index is the clock in microseconds: after Redis loses its
+        data, indexes are still above every one given before."""
+        self.result(self.one.register("default", registration()))
+        before = self.result(self.one.instances("default"))[0]
+        self.assertEqual(before, 1_700_000_000 * 1_000_000)
+        self.redis.command("FLUSHALL")
+        self.clock.advance(1)
+        self.result(self.two.register("default", registration()))
+        self.assertGreater(self.result(self.one.instances("default"))[0], before)
+
+    def test_script_reloaded(self):
+        """After SCRIPT FLUSH (or a restarted Redis) the scripts are sent again."""
+        self.result(self.one.register("default", registration()))
+        self.redis.command("SCRIPT", "FLUSH")
+        self.result(self.one.register("default", registration(value="b:1")))
+        self.assertEqual(len(self.result(self.two.instances("default"))[1]), 2)
+
+    def test_registration_text(self):
+        """A registration is kept as the same compact JSON whatever its ttl's type."""
+        self.assertEqual(encode_registration(registration(ttl=30.0)),
+                         encode_registration(registration(ttl=30)))
+        self.assertEqual(
+            encode_registration(registration(tags=("v1",), metadata='{"a":1}')),
+            '{"service_name":"reviews","endpoint_type":"http","endpoint_value":'
+            '"10.0.0.1:9080","ttl":30,"status":"UP","tags":["v1"],"metadata":"{\\"a\\":1}"}')
+
+
+def spin_until(condition, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in {} s".format(timeout))
+        reactor.iterate(0.005)
