@@ -4,18 +4,32 @@ loopback port: the IRegistryStore contract (the memory store's suite), replicas 
 waking each other, exact expiry, and Redis going away and coming back.
 """
 
+import json
 import time
 
+from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from amalgam8.auth import Authenticator
 
 from amalgam8.errors import StoreUnavailable, UnknownInstance
 from amalgam8.redislink import RedisAddress, RedisLink
+from amalgam8.registry.api import RegistryAPI
 from amalgam8.registry.store.redis import RedisStore, encode_registration
-from amalgam8.testing.redis import Settle, redis_missing, shared_server, spin
+from amalgam8.testing.redis import (
+    RedisServer,
+    Settle,
+    turn,
+    redis_missing,
+    shared_server,
+    spin,
+)
 from amalgam8.testing.registry import registration, registry_store_tests
 
 _missing = redis_missing()
@@ -222,4 +236,137 @@ def spin_until(condition, timeout=5):
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in {} s".format(timeout))
-        reactor.iterate(0.005)
+        turn(reactor)
+
+
+class RedisOutageTests(TestCase):
+    """
+    Redis goes away and comes back: the store fails at once with StoreUnavailable, the
+    API answers 503 with a clear error, and both resume by themselves. Each test has its
+    own redis-server (it is killed); the store's clock is the reactor.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        if _missing:
+            raise SkipTest(_missing)
+        self.redis = RedisServer(self.mktemp())
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+
+    def store(self, **kwargs):
+        store = RedisStore(reactor, reactor, RedisAddress("127.0.0.1", self.redis.port),
+                           **kwargs)
+        store.startService()
+        self.addCleanup(store.stopService)
+        return store
+
+    async def eventually(self, attempt, timeout=10):
+        """Call C{attempt()} (a Deferred) every 50 ms until it succeeds; its result."""
+        deadline = reactor.seconds() + timeout
+        while True:
+            try:
+                return await attempt()
+            except StoreUnavailable:
+                if reactor.seconds() > deadline:
+                    raise
+            await deferLater(reactor, 0.05, lambda: None)
+
+    async def test_unavailable_then_back(self):
+        """With Redis down every operation fails at once with StoreUnavailable naming the
+        store; once Redis is back (empty, as after a restart without persistence) the
+        store works again without being told."""
+        store = self.store()
+        instance = await store.register("default", registration())
+        self.redis.kill()
+        await self.eventually_down(store)
+        started = reactor.seconds()
+        for call in (lambda: store.register("default", registration(value="b:2")),
+                     lambda: store.heartbeat("default", instance.id),
+                     lambda: store.deregister("default", instance.id),
+                     lambda: store.instances("default"),
+                     lambda: store.services("default")):
+            error = await self.assertFailure(call(), StoreUnavailable)
+            self.assertIn("the registry store (redis 127.0.0.1:{} db 0) is unavailable"
+                          .format(self.redis.port), error.message)
+        self.assertLess(reactor.seconds() - started, 1.0)
+        self.redis.start()
+        await self.eventually(lambda: store.register("default", registration(value="c:3")))
+        index, listed = await store.instances("default")
+        self.assertEqual([i.registration.endpoint_value for i in listed], ["c:3"])
+
+    async def eventually_down(self, store):
+        """Wait until the store has noticed that its connection is gone."""
+        deadline = reactor.seconds() + 5
+        while store.link.connected:
+            self.assertLess(reactor.seconds(), deadline, "the store did not notice")
+            await deferLater(reactor, 0.01, lambda: None)
+
+    async def test_waiters_survive_an_outage(self):
+        """A blocking reader held on one replica through an outage is woken by a change
+        made through another replica once Redis is back (the subscription is made
+        again)."""
+        one, two = self.store(), self.store()
+        index, _ = await two.instances("default")
+        waiter = two.wait_for_change("default", index)
+        self.redis.kill()
+        await self.eventually_down(two)
+        self.assertFalse(waiter.called)
+        self.redis.start()
+        await self.eventually(lambda: one.register("default", registration()))
+        new = await waiter.addTimeout(5, reactor)
+        self.assertGreater(new, index)
+
+    async def test_expiry_in_real_time(self):
+        """With the reactor as the clock, a 1 s lease is listed up to its second and
+        gone right after, before and after the sweep."""
+        store = self.store()
+        instance = await store.register("default", registration(ttl=1))
+        _, listed = await store.instances("default")
+        self.assertEqual([i.id for i in listed], [instance.id])
+        await deferLater(reactor, 1.05, lambda: None)
+        _, listed = await store.instances("default")
+        self.assertEqual(listed, [])
+        await store.sweep()
+        self.assertEqual(store.stats()["expirations"], 1)
+        self.assertEqual(self.redis.command("HLEN", "a8:r:default:reg"), 0)
+
+    async def test_api_answers_503(self):
+        """The registry's API answers 503 with the 0.4 error body and Retry-After while
+        Redis is down, for writes, reads and heartbeats alike, and 201 again once it is
+        back."""
+        store = self.store()
+        api = RegistryAPI(store, Authenticator(("default",), reactor), reactor)
+        port = reactor.listenTCP(0, Site(api.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        http = HTTPClient(Agent(reactor, pool=pool))
+        base = "http://127.0.0.1:{}/api/v1/instances".format(port.getHost().port)
+        body = {"service_name": "reviews", "endpoint": {"type": "http", "value": "a:1"}}
+
+        async def call(method, url, **kwargs):
+            response = await http.request(method, url, **kwargs).addTimeout(5, reactor)
+            return response, await response.content()
+
+        response, content = await call("POST", base, json=body)
+        self.assertEqual(response.code, 201, content)
+        instance_id = json.loads(content)["id"]
+        self.redis.kill()
+        await self.eventually_down(store)
+        for method, url, kwargs in (("POST", base, {"json": body}), ("GET", base, {}),
+                                    ("PUT", base + "/" + instance_id + "/heartbeat", {}),
+                                    ("DELETE", base + "/" + instance_id, {})):
+            response, content = await call(method, url, **kwargs)
+            self.assertEqual(response.code, 503, (method, url, content))
+            self.assertIn("is unavailable", json.loads(content)["Error"])
+            self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.redis.start()
+        deadline = reactor.seconds() + 10
+        while True:
+            response, content = await call("POST", base, json=body)
+            if response.code != 503 or reactor.seconds() > deadline:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(response.code, 201, content)

@@ -28,7 +28,7 @@ import time
 from twisted.internet.defer import gatherResults
 
 __all__ = ["REDIS_SERVER", "RedisServer", "Settle", "free_port", "redis_missing",
-           "shared_server", "spin"]
+           "shared_server", "spin", "turn"]
 
 #: The server binary (Debian's redis-server package).
 REDIS_SERVER = os.environ.get("A8_TEST_REDIS_SERVER") or shutil.which("redis-server") \
@@ -312,8 +312,14 @@ def spin(deferred, reactor=None, timeout=10):
     while not done:
         if time.monotonic() > deadline:
             raise AssertionError("no result after {} s of the real reactor".format(timeout))
-        reactor.iterate(0.005)
+        turn(reactor)
     return deferred
+
+
+def turn(reactor):
+    """One turn of the reactor, waiting at most 5 ms (not at all when a call is due)."""
+    due = reactor.timeout()
+    reactor.iterate(0.005 if due is None else min(0.005, due))
 
 
 class Settle:
