@@ -194,8 +194,10 @@ class RedisLink(Service):
     @ivar channel: the channel to subscribe to (its name gets C{@<database>}: channels are
         shared by every database of a server), or L{None} for no subscriber.
     @ivar on_message: C{(text) -> None}, called with each message of the channel.
-    @ivar on_subscribed: C{() -> None}, called each time the subscription is (re)made:
-        messages sent while it was down are lost, so the store looks again.
+    @ivar on_subscribed: C{() -> None}, called each time the subscription is (re)made,
+        and when the command connection is made again while subscribed: messages sent
+        while the subscription was down are lost (and questions sent while the commands
+        were down failed), so the store looks again.
     @ivar what: what the link is for, in messages (C{"the registry store"}).
     """
 
@@ -285,15 +287,21 @@ class RedisLink(Service):
             self._started()
             self.log.info("{what} is connected to {address}", what=self.what,
                           address=self.address.describe())
+            if self._subscribed:
+                # Questions the store asked while the commands were down failed: ask again.
+                self._catch_up()
 
     def _subscription_made(self, _reply, protocol):
         if protocol is not self._subscriber:
             return
         self._subscribed = True
+        self._catch_up()
+
+    def _catch_up(self):
         try:
             self.on_subscribed()
         except Exception:
-            self.log.failure("the store failed to catch up after subscribing")
+            self.log.failure("the store failed to catch up after (re)connecting")
 
     def _subscription_failed(self, failure, protocol):
         self.log.warn("{what} could not subscribe to {channel}: {why}", what=self.what,

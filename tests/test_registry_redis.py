@@ -24,10 +24,9 @@ from amalgam8.registry.api import RegistryAPI
 from amalgam8.registry.store.redis import RedisStore, encode_registration
 from amalgam8.testing.redis import (
     RedisServer,
-    Settle,
+    RedisStoreCase,
     turn,
     redis_missing,
-    shared_server,
     spin,
 )
 from amalgam8.testing.registry import registration, registry_store_tests
@@ -35,36 +34,14 @@ from amalgam8.testing.registry import registration, registry_store_tests
 _missing = redis_missing()
 
 
-def _server():
-    if _missing:
-        raise SkipTest(_missing)
-    return shared_server("registry-store")
+class RedisCase(RedisStoreCase):
+    """L{RedisStoreCase} with a maker of registry stores."""
 
-
-class RedisCase:
-    """
-    A mixin for synchronous tests of Redis stores on the process's shared server: the
-    server is emptied before each test, C{self.later} settles every store made by
-    L{redis_store}, and each store's connections are closed in clean-up.
-    """
-
-    def setUpLater(self):
-        self.redis = _server()
-        self.redis.command("FLUSHALL")
-        self.later = Settle(reactor)
+    server_key = "registry-store"
 
     def redis_store(self, clock, capacity=None, **kwargs):
-        store = RedisStore(clock, reactor, RedisAddress("127.0.0.1", self.redis.port),
-                           capacity=capacity, **kwargs)
-        self.later.track(store)
-        self.addCleanup(self._closed, store)
-        return store
-
-    def _closed(self, store):
-        if store.running:
-            store.stopService()
-        if store.stopping is not None:
-            spin(store.stopping, reactor)
+        return self.track(RedisStore(clock, reactor, self.address(), capacity=capacity,
+                                     **kwargs))
 
 
 def _make(case, clock, capacity=None):

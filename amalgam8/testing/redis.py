@@ -28,7 +28,7 @@ import time
 from twisted.internet.defer import gatherResults
 
 __all__ = ["REDIS_SERVER", "RedisServer", "Settle", "free_port", "redis_missing",
-           "shared_server", "spin", "turn"]
+           "shared_server", "spin", "turn", "RedisStoreCase"]
 
 #: The server binary (Debian's redis-server package).
 REDIS_SERVER = os.environ.get("A8_TEST_REDIS_SERVER") or shutil.which("redis-server") \
@@ -182,6 +182,16 @@ class RedisServer:
             self._reap()
         raise RuntimeError("redis-server did not start on 127.0.0.1:{}: {}".format(
             self.port, self._log_tail()))
+
+    def wait_in_sync(self, timeout=10):
+        """For a replica: wait until its link to the master is up (so that C{WAIT}
+        counts it)."""
+        deadline = time.monotonic() + timeout
+        while b"master_link_status:up" not in self.command("INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica on {} is not in sync".format(self.port))
+            time.sleep(0.01)
+        return self
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
@@ -358,3 +368,45 @@ class Settle:
         """Run the reactor until C{deferred} has a result; returns it."""
         return spin(deferred, self.reactor, self.timeout)
 
+
+
+class RedisStoreCase:
+    """
+    A mixin for synchronous tests of Redis stores (a contract suite's case, for one) on
+    this process's shared server C{server_key}: the server is emptied before each test,
+    C{self.later} is a L{Settle} of every store passed to L{track}, and each tracked store
+    is stopped and its connections closed in clean-up. It is the C{setUpLater} the
+    contract suites call.
+    """
+
+    server_key = "stores"
+
+    def setUpLater(self):
+        from twisted.internet import reactor
+        from twisted.trial.unittest import SkipTest
+
+        missing = redis_missing()
+        if missing:
+            raise SkipTest(missing)
+        self.redis = shared_server(self.server_key)
+        self.redis.command("FLUSHALL")
+        self.reactor = reactor
+        self.later = Settle(reactor)
+
+    def track(self, store):
+        """Settle C{store} at every flush and close it in clean-up; returns it."""
+        self.later.track(store)
+        self.addCleanup(self._closed, store)
+        return store
+
+    def address(self):
+        """The L{RedisAddress} of the shared server."""
+        from amalgam8.redislink import RedisAddress
+
+        return RedisAddress("127.0.0.1", self.redis.port)
+
+    def _closed(self, store):
+        if store.running:
+            store.stopService()
+        if store.stopping is not None:
+            spin(store.stopping, self.reactor)
