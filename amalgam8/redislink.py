@@ -41,7 +41,18 @@ from twisted.logger import Logger
 
 from amalgam8.errors import StoreUnavailable
 
-__all__ = ["MAX_RETRY_DELAY", "RedisAddress", "RedisLink", "Script", "parse_address"]
+__all__ = [
+    "MAX_RETRY_DELAY",
+    "RedisAddress",
+    "RedisLink",
+    "Script",
+    "parse_address",
+    "parse_ca_file",
+    "parse_database",
+    "parse_prefix",
+    "parse_redis_address",
+    "parse_sentinels",
+]
 
 #: The longest wait between two connection attempts (seconds).
 MAX_RETRY_DELAY = 2.0
@@ -83,6 +94,93 @@ def parse_address(text):
     return host, port
 
 
+def _split_url(text):
+    """C{redis://[:password@]host[:port][/database]} -> (host, port, password, database,
+    tls); L{ValueError} naming what is wrong."""
+    from urllib.parse import unquote, urlsplit
+
+    value = text.strip()
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError("{!r} is not a Redis URL: {}".format(text, e))
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("{!r} is not a redis:// or rediss:// URL".format(text))
+    if not parts.hostname:
+        raise ValueError("{!r} has no host".format(text))
+    if parts.query or parts.fragment:
+        raise ValueError("{!r}: a Redis URL takes no query or fragment".format(text))
+    database = None
+    path = parts.path.strip("/")
+    if path:
+        database = parse_database(path)
+    password = unquote(parts.password) if parts.password else None
+    return (parts.hostname, port or DEFAULT_PORT, password, database,
+            parts.scheme == "rediss")
+
+
+def parse_redis_address(text):
+    """
+    A setting's Redis address: C{host:port}, C{host}, C{[v6]:port}, or a URL
+    C{redis://[:password@]host[:port][/database]} (C{rediss://} for TLS); checked and
+    returned as given (stripped). Blank is no address (L{None}).
+    """
+    value = str(text).strip()
+    if not value:
+        return None
+    if "://" in value:
+        _split_url(value)
+    else:
+        parse_address(value)
+    return value
+
+
+def parse_database(text):
+    """A Redis database number (0 or more)."""
+    value = str(text).strip()
+    if not value.isdigit():
+        raise ValueError("expected a database number (0, 1, ...), not {!r}".format(text))
+    return int(value)
+
+
+def parse_prefix(text):
+    """A key prefix: printable, no spaces."""
+    value = str(text)
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("expected a key prefix without spaces, such as a8:, not {!r}"
+                         .format(text))
+    return value
+
+
+def parse_ca_file(text):
+    """The path of a readable PEM certificate file; blank is none."""
+    value = str(text).strip()
+    if not value:
+        return None
+    from twisted.internet.ssl import Certificate
+
+    try:
+        with open(value, "rb") as f:
+            Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise ValueError("cannot read {}: {}".format(value, e.strerror))
+    except Exception:
+        raise ValueError("{} is not a PEM certificate".format(value))
+    return value
+
+
+def parse_sentinels(text):
+    """A comma-separated list of C{host:port} of Sentinels; blank is none."""
+    value = str(text).strip()
+    if not value:
+        return None
+    found = []
+    for item in value.split(","):
+        found.append(parse_address(item))
+    return tuple(found)
+
+
 @attrs.frozen
 class RedisAddress:
     """
@@ -104,6 +202,23 @@ class RedisAddress:
     def parse(cls, text, **kwargs):
         host, port = parse_address(text)
         return cls(host, port, **kwargs)
+
+    @classmethod
+    def from_settings(cls, address, password=None, database=None, tls=False, ca=None):
+        """
+        The address the settings give: C{address} as L{parse_redis_address} takes it; a
+        URL's password and database are used unless given on their own, and
+        C{rediss://} or C{tls} asks for TLS.
+        """
+        if "://" in address:
+            host, port, url_password, url_database, url_tls = _split_url(address)
+        else:
+            (host, port), url_password, url_database, url_tls = \
+                parse_address(address), None, None, False
+        return cls(host, port,
+                   password=password if password is not None else url_password,
+                   database=database if database is not None else (url_database or 0),
+                   tls=bool(tls or url_tls), ca=ca)
 
     def describe(self):
         """C{redis 10.0.0.5:6379 db 2} (never the password), for messages."""
