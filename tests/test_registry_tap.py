@@ -411,6 +411,17 @@ class MakeServiceTests(OptionsTestCase):
         self.assertIn("8080", text)
 
 
+    def test_processes_need_shared_store(self):
+        """--processes above 1 on the in-memory store stops the start: one line, status 2."""
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, self.build, ["--processes", "2"])
+        self.assertEqual(error.code, 2)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("--processes 2 needs a shared store", stderr.getvalue())
+        self.assertEqual(self.reactor.tcpServers, [])
+
+
 class StoreInterfaceTests(A8TestCase):
     """The in-memory store provides its interfaces."""
 
