@@ -169,4 +169,4 @@ def makeService(options, reactor=None):
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    return parts.serve(api.resource())
+    return parts.serve(api.resource(), shared_store=options.get("redis-address") is not None)
