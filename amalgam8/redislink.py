@@ -84,6 +84,8 @@ def parse_address(text):
     if not host or any(c.isspace() or c in "/@" for c in host):
         raise ValueError("{!r} has no usable host".format(text))
     if port_text == "":
+        if value.endswith(":"):
+            raise ValueError("{!r} has an empty port".format(text))
         return host, DEFAULT_PORT
     try:
         port = int(port_text)

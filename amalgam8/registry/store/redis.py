@@ -230,7 +230,9 @@ reschedule()
 return {'ok', bump(ARGV[2]), count(), 0, reg, hb}
 """
 
-# ARGV[5] the service ('' for all) -> {index, count, ids, registrations, heartbeats}
+# ARGV[5] the service ('' for all) -> {index, count, "id\nregistration\nheartbeat\n..."}:
+# one text, not a bulk string per field, so that a large listing is one reply to parse
+# (compact JSON never holds a raw newline; ids and times never do).
 _LIST = _PRELUDE + r"""
 local ids
 if ARGV[5] ~= '' then
@@ -238,24 +240,26 @@ if ARGV[5] ~= '' then
 else
   ids = redis.call('ZRANGE', base .. 'ids', 0, -1)
 end
-local function hmget(key)
-  local out = {}
-  for first = 1, #ids, 1000 do
-    local chunk = {}
-    for i = first, math.min(first + 999, #ids) do
-      chunk[#chunk + 1] = ids[i]
-    end
-    local part = redis.call('HMGET', key, unpack(chunk))
-    for i = 1, #part do
-      out[#out + 1] = part[i]
+local out = {}
+for first = 1, #ids, 1000 do
+  local chunk = {}
+  for i = first, math.min(first + 999, #ids) do
+    chunk[#chunk + 1] = ids[i]
+  end
+  local regs = redis.call('HMGET', base .. 'reg', unpack(chunk))
+  local hbs = redis.call('HMGET', base .. 'hb', unpack(chunk))
+  for i = 1, #chunk do
+    if regs[i] and hbs[i] then
+      out[#out + 1] = chunk[i]
+      out[#out + 1] = regs[i]
+      out[#out + 1] = hbs[i]
     end
   end
-  return out
 end
-return {index(), count(), ids, hmget(base .. 'reg'), hmget(base .. 'hb')}
+return {index(), count(), table.concat(out, '\n')}
 """
 
-# -> {index, names of the services with a live instance}
+# -> {index, the names of the services with a live instance, one a line}
 _SERVICES = _PRELUDE + r"""
 local names = redis.call('HKEYS', base .. 'svcs')
 local alive = {}
@@ -269,7 +273,7 @@ for _, name in ipairs(names) do
     end
   end
 end
-return {index(), alive}
+return {index(), table.concat(alive, '\n')}
 """
 
 # KEYS[1] unused, ARGV[5] the most instances to expire
@@ -511,14 +515,15 @@ class RedisStore(Service):
         d = self._run(LIST, namespace, now, service_name or "")
 
         def done(reply):
-            index, count, ids, registrations, heartbeats = reply
+            index, count, text = reply
             self._note(namespace, index, count)
             live = []
+            if not text:
+                return int(index), live
             decode = self._registration
-            for text, heartbeat in zip(registrations, heartbeats):
-                if text is None or heartbeat is None:
-                    continue
-                instance = Instance(decode(text), float(heartbeat))
+            fields = text.split("\n")
+            for at in range(0, len(fields) - 2, 3):
+                instance = Instance(decode(fields[at + 1]), float(fields[at + 2]))
                 expires = instance.expires_at
                 if expires is None or now <= expires:
                     live.append(instance)
@@ -532,7 +537,7 @@ class RedisStore(Service):
         def done(reply):
             index, names = reply
             self._note(namespace, index)
-            return int(index), sorted(names)
+            return int(index), sorted(names.split("\n")) if names else []
 
         return d.addCallback(done)
 
