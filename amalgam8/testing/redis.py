@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_redis_testing -*-
+# -*- test-case-name: tests.test_registry_redis,tests.test_controller_redis -*-
 """
 A real C{redis-server} for tests: started on a free loopback port with its own temporary
 directory, stopped (or killed) and started again on the same port, as a master, a replica
