@@ -335,6 +335,7 @@ class RedisLink(Service):
         self._services = []
         self._busy = 0
         self._idle_waiters = []
+        self._subscription_waiters = []
         self._starting = False
         self._start_waiters = []
         self._start_timer = None
@@ -413,6 +414,10 @@ class RedisLink(Service):
             return
         self._subscribed = True
         self._catch_up()
+        waiters, self._subscription_waiters = self._subscription_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
 
     def _catch_up(self):
         try:
@@ -542,16 +547,29 @@ class RedisLink(Service):
 
     def settled(self):
         """
-        @return: a Deferred firing once no command is in flight and every message
+        @return: a Deferred firing once the subscription is made (a link that has just
+            started), no command is in flight, and every message
             published before that has reached the subscriber (a C{PING} on the subscriber
             connection has come back: Redis answers it after the messages queued before
-            it). It never fails; it fires at once when disconnected.
+            it). It never fails; with Redis away it fires after at most the link's timeout.
         """
-        if self._busy:
+        if self.channel is not None and self.running and not self._subscribed:
+            # A link that has just started: its subscription is on the way (or Redis is
+            # away, and then the wait runs out).
             d = Deferred()
-            self._idle_waiters.append(d)
+            self._subscription_waiters.append(d)
+            d.addTimeout(self.timeout, self.reactor).addErrback(lambda _: None)
         else:
             d = succeed(None)
+
+        def idle(_):
+            if not self._busy:
+                return None
+            waiter = Deferred()
+            self._idle_waiters.append(waiter)
+            return waiter
+
+        d.addCallback(idle)
 
         def ping(_):
             subscriber = self._subscriber
