@@ -34,6 +34,9 @@ setup(
         # Eureka clients send XML bodies: defusedxml refuses DTDs, entity declarations and
         # external references (no entity bombs, no external entities) on top of expat.
         "defusedxml>=0.7.1",
+        # The Redis stores (A8_STORE=redis, A8_DATABASE_TYPE=redis): a maintained,
+        # non-blocking Twisted Redis protocol (no thread pool, no blocking client).
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "dev": [
