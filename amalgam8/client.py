@@ -85,9 +85,13 @@ class DirectEndpoints:
     that long.
     """
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, tls=None):
+        """
+        @param tls: the C{IPolicyForHTTPS} of C{https} URLs (default: Agent's own,
+            C{BrowserLikePolicyForHTTPS}).
+        """
         self._reactor = reactor
-        self._tls = BrowserLikePolicyForHTTPS()
+        self._tls = tls if tls is not None else BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri):
         host = uri.host.decode("ascii").strip("[]")

@@ -44,6 +44,19 @@ class DirectEndpointsTests(SynchronousTestCase):
         self.assertEqual((v6._host, v6._port), ("::1", 8080))
         self.assertIsInstance(self.endpoint(b"http://registry:8080/"), HostnameEndpoint)
 
+    def test_tls_policy(self):
+        """An https URL's TLS comes from the policy given (the Kubernetes catalog's CA)."""
+        asked = []
+
+        class Policy:
+            def creatorForNetloc(self, host, port):
+                asked.append((host, port))
+                return object()
+
+        endpoints = DirectEndpoints(MemoryReactorClock(), tls=Policy())
+        endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:6443/api"))
+        self.assertEqual(asked, [(b"127.0.0.1", 6443)])
+
     def test_https_wrapped_in_tls(self):
         """An https URL gets TLS around the connection."""
         endpoint = self.endpoint(b"https://127.0.0.1:8443/")
