@@ -326,14 +326,16 @@ class WatchResult:
 
 
 def _revision(obj):
-    header = obj.get("header") or {}
+    header = obj.get("header")
+    header = {} if header is None else header
     if not isinstance(header, dict):
         raise EtcdError("a header that is not an object: {!r}".format(header)[:200])
     return _int(header.get("revision"))
 
 
 def _list(obj, name):
-    value = obj.get(name) or []
+    value = obj.get(name)
+    value = [] if value is None else value
     if not isinstance(value, list):
         raise EtcdError("{} is not a list: {!r}".format(name, value)[:200])
     return value
@@ -572,8 +574,15 @@ def _json_object(body, status, url, hint=""):
     return decoded
 
 
+@attrs.frozen
+class _End:
+    """The end of a stream (C{reason}: the L{Failure} its connection was lost with)."""
+
+    reason: object
+
+
 class _Lines(Protocol):
-    """A streamed body, each line put in C{queue}; its end or break put as a L{Failure}."""
+    """A streamed body, each line put in C{queue}; then an L{_End}."""
 
     def __init__(self, queue):
         self.queue = queue
@@ -592,7 +601,7 @@ class _Lines(Protocol):
         if self.buffered.strip():
             self.queue.put(self.buffered)
         self.buffered = b""
-        self.queue.put(reason)
+        self.queue.put(_End(reason))
 
     def stop(self):
         """Close the stream (and its connection)."""
@@ -813,13 +822,14 @@ class Watch:
         if self._closed:
             raise EtcdUnavailable("the watch is canceled", url=self.url)
         line = await self._queue.get()
-        if not isinstance(line, bytes):
+        if isinstance(line, _End):
             self._closed = True
-            if line.check(ResponseDone, PotentialDataLoss):
+            reason = line.reason
+            if reason.check(ResponseDone, PotentialDataLoss):
                 raise EtcdUnavailable("etcd ended the watch stream", url=self.url)
             raise EtcdUnavailable("the watch stream broke: {}".format(
-                _describe(line.value)), url=self.url, attempts=[(self.url, _describe(
-                    line.value))])
+                _describe(reason.value)), url=self.url,
+                attempts=[(self.url, _describe(reason.value))])
         try:
             decoded = json.loads(line)
         except ValueError:
@@ -900,7 +910,8 @@ class Node:
         value = obj.get("value")
         if value is not None and not isinstance(value, str):
             raise EtcdError("a v2 value that is not a string: {!r}".format(value)[:200])
-        nodes = obj.get("nodes") or []
+        nodes = obj.get("nodes")
+        nodes = [] if nodes is None else nodes
         if not isinstance(nodes, list):
             raise EtcdError("v2 nodes that are not a list: {!r}".format(nodes)[:200])
         return cls(key=obj.get("key", "/"), value=value, dir=bool(obj.get("dir")),

@@ -126,7 +126,7 @@ class EtcdMember:
     def running(self):
         return self.process is not None and self.process.exit is None
 
-    def argv(self, executable, initial_cluster, state):
+    def argv(self, executable, initial_cluster, state, extra_args=()):
         return [executable, "--name", self.name, "--data-dir", self.data_dir,
                 "--listen-client-urls", self.client_url,
                 "--advertise-client-urls", self.client_url,
@@ -138,7 +138,7 @@ class EtcdMember:
                     os.path.dirname(self.data_dir)),
                 "--enable-v2",
                 "--heartbeat-interval", "10", "--election-timeout", "50",
-                "--snapshot-count", "100000"]
+                "--snapshot-count", "100000"] + list(extra_args)
 
     def tail(self, lines=15):
         try:
@@ -153,10 +153,13 @@ class EtcdCluster:
     C{size} etcd members on loopback, in C{directory} (created).
 
     @param reactor: an C{IReactorProcess} and C{IReactorTime} (the real reactor).
+    @param extra_args: more options for every member
+        (C{["--experimental-watch-progress-notify-interval", "100ms"]}).
     """
 
-    def __init__(self, reactor, directory, size=1, executable=ETCD):
+    def __init__(self, reactor, directory, size=1, executable=ETCD, extra_args=()):
         self._reactor = reactor
+        self.extra_args = list(extra_args)
         self.directory = os.path.abspath(directory)
         self.executable = executable
         self.size = size
@@ -207,7 +210,8 @@ class EtcdCluster:
         member.process = _MemberProcess(member.log_path)
         self._reactor.spawnProcess(
             member.process, self.executable,
-            member.argv(self.executable, self.initial_cluster, state), env=env,
+            member.argv(self.executable, self.initial_cluster, state, self.extra_args),
+            env=env,
             path=self.directory, childFDs={0: "w", 1: "r", 2: "r"})
 
     async def start(self, timeout=10.0):
@@ -339,14 +343,14 @@ class EtcdCluster:
         return revision
 
 
-async def start_etcd(case, reactor=None, size=1, timeout=10.0):
+async def start_etcd(case, reactor=None, size=1, timeout=10.0, extra_args=()):
     """
     Start an L{EtcdCluster} of C{size} members in a fresh C{case.mktemp()} directory,
     stopped in C{case}'s cleanup.
     """
     if reactor is None:
         from twisted.internet import reactor
-    cluster = EtcdCluster(reactor, case.mktemp(), size=size)
+    cluster = EtcdCluster(reactor, case.mktemp(), size=size, extra_args=extra_args)
     case.addCleanup(cluster.stop)
     await cluster.start(timeout=timeout)
     return cluster
