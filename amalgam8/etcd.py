@@ -1071,10 +1071,15 @@ def etcd_http_client(reactor):
         (C{closeCachedConnections}) when done.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
     from amalgam8.client import DirectEndpoints
 
+    class QuietFactory(_HTTP11ClientFactory):
+        # One "Starting factory" log line per connection is noise (as in client.py).
+        noisy = False
+
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = QuietFactory
     agent = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor), pool=pool)
     return HTTPClient(agent), pool

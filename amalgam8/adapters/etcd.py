@@ -173,7 +173,8 @@ def parse_instance(data):
     """
     value = _object(data)
     address, port = _address(value.get("address"), _port(value.get("port")))
-    labels = value.get("labels") or {}
+    labels = value.get("labels")
+    labels = {} if labels is None else labels
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise ValueError("labels must be an object of strings, not {!r}".format(labels)[:120])
     group = None
