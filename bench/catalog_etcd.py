@@ -144,7 +144,11 @@ def _catalog_wakes(registry_port, write, changes, what):
 
 
 def _registration_wakes(registry_port, changes):
-    """The registry alone: a registration wakes a blocking read waiting on it."""
+    """
+    The registry alone: a registration wakes a blocking read waiting on it. The same
+    instance registers again each time with its version tag changed (v1, v2 in turn), so
+    the listing stays one instance long, as in the etcd rows.
+    """
     reader, poller, writer = (_Connection(registry_port), _Connection(registry_port),
                               _Connection(registry_port))
     pool = concurrent.futures.ThreadPoolExecutor(1)
@@ -156,8 +160,8 @@ def _registration_wakes(registry_port, changes):
             time.sleep(WAIT_BEFORE_CHANGE)
             started = time.perf_counter()
             status, _, body = writer.request("POST", "/api/v1/instances", json.dumps({
-                "service_name": "registered", "ttl": 600,
-                "endpoint": {"type": "http", "value": _address(n) + ":80"}}).encode())
+                "service_name": "registered", "ttl": 600, "tags": ["v{}".format(n % 2 + 1)],
+                "endpoint": {"type": "http", "value": "10.3.0.1:80"}}).encode())
             if status != 201:
                 raise BenchError("a registration answered {}: {!r}".format(status, body))
             done, woken_index, _ = waiting.result(timeout=30)

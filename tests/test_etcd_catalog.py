@@ -782,6 +782,21 @@ class BookkeepingTests(SynchronousTestCase):
         self.assertEqual(self.catalog.generation("default"), generation)
         self.assertEqual(len(self.seen), 1)
 
+    def test_unchanged_is_quiet(self):
+        """
+        A value written again as it was, or a key Flux's layout does not have, changes
+        nothing: no new generation, the same instance (its last_heartbeat kept).
+        """
+        [before] = self.catalog.instances("default")
+        generation = self.catalog.generation("default")
+        self.clock.advance(60)
+        self.watch()[1].give(WatchResult(20, (
+            put("a/instance/x", flux("10.0.0.1", 1), 14),
+            put("a/groupspec/v1", "{}", 15), put("a/other", "{}", 16))))
+        self.assertEqual(self.catalog.generation("default"), generation)
+        self.assertIs(self.catalog.instances("default")[0], before)
+        self.assertEqual(self.catalog.position, 16)
+
     def test_backoff_grows_and_stop_cancels(self):
         """Failures back off 0.375 s, 0.75 s, ...; stopping cancels every timer."""
         self.catalog.backoff.random = lambda: 0.5

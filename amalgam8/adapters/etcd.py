@@ -230,7 +230,7 @@ def catalog_entry(service, name, instance, details=None, seen_at=0.0):
     if value is None:
         return None
     tags = [TAG]
-    if instance.version:
+    if instance.version and instance.version != TAG:
         tags.insert(0, instance.version)
     flux = {"instance": name}
     if instance.group:
@@ -511,22 +511,30 @@ class EtcdCatalog(Service):
         return sorted(built.values(), key=_order)
 
     def _rebuild(self, services):
+        """Build the touched services again; a service that builds as it was is kept."""
+        changed = False
         for service in services:
             built = self._build(service)
+            before = self._built.get(service, [])
+            if list(map(_signature, built)) == list(map(_signature, before)):
+                continue          # (its instances keep their last_heartbeat)
+            changed = True
             if built:
                 self._built[service] = built
             else:
-                self._built.pop(service, None)
-        if services:
-            self._changed()
+                del self._built[service]
+        if changed:
+            self._changed(known=True)
 
-    def _changed(self):
-        flat = {}
-        for service in sorted(self._built):
-            for instance in self._built[service]:
-                flat.setdefault(instance.id, instance)
-        flat = sorted(flat.values(), key=_order)
-        if [_signature(i) for i in flat] == [_signature(i) for i in self._flat]:
+    def _changed(self, known=False):
+        """
+        Rebuild the whole mirror and tell the listeners, if it differs (C{known}: it does).
+        """
+        # Each service's instances are sorted and their ids differ (the id hashes the
+        # service name), so the services in order give the whole sorted mirror.
+        flat = [instance for service in sorted(self._built)
+                for instance in self._built[service]]
+        if not known and list(map(_signature, flat)) == list(map(_signature, self._flat)):
             return
         self._flat = flat
         self._generation += 1
