@@ -154,7 +154,8 @@ def _unb64(text):
     try:
         return base64.b64decode(text or "", validate=True)
     except (ValueError, TypeError):
-        raise EtcdError("a key or value that is not base64: {!r}".format(text)[:_MAX_ERROR_TEXT])
+        raise EtcdError("a key or value that is not base64: {!r}".format(
+            text)[:_MAX_ERROR_TEXT])
 
 
 def _bytes(data):
@@ -984,8 +985,8 @@ class EtcdV2:
         decoded = _json_object(content, response.code, url, hint)
         if "errorCode" in decoded:
             raise _v2_error(decoded, response.code, url)
-        if response.code not in (200, 201):
-            raise EtcdError("HTTP {} with no error code: {!r}".format(
+        if response.code not in (200, 201) or not isinstance(decoded.get("action"), str):
+            raise EtcdError("HTTP {} and not a v2 answer: {!r}".format(
                 response.code, content[:200]), status=response.code, url=url)
         prev = decoded.get("prevNode")
         return V2Result(str(decoded.get("action")), Node.from_json(decoded.get("node") or {}),

@@ -93,9 +93,14 @@ class Writer:
             await self.client.delete(self.prefix + service, recursive=True)
 
 
-def make_catalog(cluster, api, http, prefix=PREFIX, serves="default", backoff=None):
+def make_catalog(cluster, api, http, prefix=PREFIX, serves="default", backoff=None,
+                 clock=reactor):
+    """
+    A catalog of C{cluster} through C{api}; its HTTP runs on the real reactor, its backoff
+    delays on C{clock}.
+    """
     kind = EtcdV3 if api == "v3" else EtcdV2
-    return EtcdCatalog(kind(http, cluster.urls, reactor), reactor, prefix=prefix,
+    return EtcdCatalog(kind(http, cluster.urls, reactor), clock, prefix=prefix,
                        serves=serves, backoff=backoff or Backoff(initial=0.05, maximum=0.2))
 
 
@@ -233,9 +238,11 @@ class LayoutTests(RealEtcdCase):
         self.assertEqual(catalog.relists, 1)
 
     async def test_v3(self):
+        """Flux's layout through v3."""
         await self.check_layout("v3")
 
     async def test_v2(self):
+        """Flux's layout through v2."""
         await self.check_layout("v2")
 
     async def test_v2_all_removed(self):
@@ -270,22 +277,23 @@ class RestartTests(RealEtcdCase):
         await write.put("reviews/details", details())
         await write.put("reviews/instance/a", flux("10.0.0.1", 9080, "v1"))
         await write.put("reviews/instance/b", flux("10.0.0.2", 9080, "v1"))
-        # The first retry after a failure waits 1 s: time to change etcd while the catalog
-        # is away.
-        catalog = self.start(api, backoff=Backoff(initial=1.0, random=lambda: 1.0))
+        # The retry's delay runs on a Clock: the catalog stays away until the test says.
+        clock = Clock()
+        catalog = self.start(api, backoff=Backoff(initial=1.0, random=lambda: 1.0),
+                             clock=clock)
         seen = []
         catalog.subscribe(lambda namespace: seen.append(listed(catalog)))
         await eventually(lambda: len(listed(catalog)) == 2)
         before = catalog.position
 
         await self.etcd.stop_member(0)
-        await eventually(lambda: catalog.backoff.failures > 0,
+        await eventually(lambda: clock.getDelayedCalls(),
                          "the catalog did not notice etcd stopping")
+        self.assertEqual(catalog.backoff.failures, 1)
         await self.etcd.start_member(0)
-        self.assertGreater(catalog.backoff.failures, 0)      # still away
         await write.put("reviews/instance/c", flux("10.0.0.3", 9080, "v2"))
         await write.delete("reviews/instance/a")
-        self.assertGreater(catalog.backoff.failures, 0)      # the changes came meanwhile
+        clock.advance(1.0)                                   # back
         await eventually(lambda: [i[1] for i in listed(catalog)] == [
             "10.0.0.2:9080", "10.0.0.3:9080"])
         self.assertEqual(catalog.relists, 1)                 # resumed: no relist
@@ -299,9 +307,11 @@ class RestartTests(RealEtcdCase):
         await eventually(lambda: len(listed(catalog)) == 3)
 
     async def test_v3(self):
+        """etcd restarted under a v3 catalog."""
         await self.check_restart("v3")
 
     async def test_v2(self):
+        """etcd restarted under a v2 catalog."""
         await self.check_restart("v2")
 
 
@@ -335,9 +345,11 @@ class RelistTests(RealEtcdCase):
         await eventually(lambda: len(listed(catalog)) == 3)
 
     async def test_v3_compacted(self):
+        """v3: the revision compacted while away relists."""
         await self.away_and_back("v3", self.etcd.compact)
 
     async def test_v2_index_cleared(self):
+        """v2: more than 1,000 changes while away (event index cleared) relist."""
         client = self.writers["v2"].client
 
         async def history_moves_on():
@@ -394,9 +406,11 @@ class MalformedTests(RealEtcdCase):
                                            ("reviews", "10.0.0.2:9080", ("flux",))])
 
     async def test_v3(self):
+        """Malformed values through v3."""
         await self.check_malformed("v3")
 
     async def test_v2(self):
+        """Malformed values through v2."""
         await self.check_malformed("v2")
 
     async def test_key_not_utf8(self):
@@ -417,6 +431,7 @@ class NoEtcdTests(TestCase):
     timeout = 10
 
     async def test_refused(self):
+        """Refused: logged with the URL, retried with backoff, nothing listed."""
         http, pool = etcd_http_client(reactor)
         self.addCleanup(pool.closeCachedConnections)
         from amalgam8.testing.etcd import free_ports
@@ -504,9 +519,11 @@ class RegistryTests(RealEtcdCase):
             self.assertGreater(woken, index, what)
 
     async def test_v3(self):
+        """The registry follows Flux's changes through v3."""
         await self.check_follow("v3")
 
     async def test_v2(self):
+        """The registry follows Flux's changes through v2."""
         await self.check_follow("v2")
 
 
@@ -556,6 +573,7 @@ class RegistryProcessTests(TestCase):
         self.assertNoTraceback(protocol)
 
     async def test_bad_prefix_exits_2(self):
+        """A prefix that is not a key path stops the registry at start with one line."""
         protocol = self.spawn("--listen", process.LOCAL, "--etcd-url", "http://127.0.0.1:1",
                               "--etcd-prefix", "weave")
         self.assertEqual(await protocol.ended(), (2, None))
@@ -600,6 +618,7 @@ class ParseTests(SynchronousTestCase):
         self.assertIsNone(parse_instance('{"containerRule": ""}').version)
 
     def test_instance_bad(self):
+        """Each malformed instance value is a ValueError naming the problem."""
         for value, message in ((b"\xff", "UTF-8"), ("", "not JSON"), ("null", "JSON object"),
                                ('{"port": true}', "port"), ('{"port": 1.5}', "port"),
                                ('{"port": -1}', "port"), ('{"address": []}', "address"),
@@ -611,6 +630,7 @@ class ParseTests(SynchronousTestCase):
             self.assertIn(message, str(caught.exception), value)
 
     def test_details(self):
+        """A service's details: its protocol gives the endpoint type."""
         self.assertEqual(parse_details(details()),
                          FluxService(protocol="http", address="10.128.0.1", port=80))
         self.assertEqual(parse_details("{}").endpoint_type, "tcp")
@@ -623,6 +643,7 @@ class ParseTests(SynchronousTestCase):
                 parse_details(value)
 
     def test_keys(self):
+        """Keys of Flux's layout, its directories, and the keys ignored."""
         p = "/weave/service/"
         self.assertEqual(parse_key(p, p + "a/details"), ("details", "a"))
         self.assertEqual(parse_key(p, p + "a/instance/x"), ("instance", "a", "x"))
@@ -635,6 +656,7 @@ class ParseTests(SynchronousTestCase):
             self.assertIsNone(parse_key(p, other), other)
 
     def test_catalog_entry(self):
+        """A Flux instance as a registry instance: endpoint, tags, status, metadata, ttl."""
         entry = catalog_entry("reviews", "c1", parse_instance(flux("10.0.0.1", 80, "v1")),
                               FluxService(protocol="http"), seen_at=5)
         self.assertEqual(entry.as_dict()["endpoint"], {"type": "http", "value": "10.0.0.1:80"})
@@ -737,6 +759,7 @@ class BookkeepingTests(SynchronousTestCase):
         return self.client.watches[-1]
 
     def test_lists_then_watches(self):
+        """It lists, then watches from the listing's revision + 1."""
         self.assertEqual(self.watch()[0], 11)
         self.assertEqual(self.seen, [[("a", "10.0.0.1:1", ("flux",))]])
         self.assertTrue(verifyObject(ICatalog, self.catalog))
@@ -807,6 +830,7 @@ class BookkeepingTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_cancels_the_watch(self):
+        """Stopping cancels the watch and leaves no timer."""
         watch = self.watch()[1]
         self.catalog.stopService()
         self.assertTrue(watch.canceled)
@@ -822,6 +846,7 @@ class SettingsTests(SynchronousTestCase):
         return values
 
     def test_v3_default(self):
+        """The defaults: the v3 client of every URL, Flux's prefix, the default tenant."""
         catalog = from_settings(self.values(), Clock())
         self.assertIsInstance(catalog.client, EtcdV3)
         self.assertEqual((catalog.api, catalog.prefix, catalog.serves, catalog.client.urls),
@@ -831,18 +856,21 @@ class SettingsTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ICatalog, catalog))
 
     def test_v2(self):
+        """etcd-api v2, a prefix without its /, another tenant."""
         catalog = from_settings(self.values(etcd_api="v2", etcd_prefix=" /flux ",
                                             etcd_serves="shop"), Clock())
         self.assertIsInstance(catalog.client, EtcdV2)
         self.assertEqual((catalog.prefix, catalog.serves), ("/flux/", "shop"))
 
     def test_bad_prefix(self):
+        """A prefix that is not a key path is a SettingError naming the setting."""
         for prefix in ("weave/service/", "", "/a//b"):
             with self.assertRaises(SettingError) as caught:
                 from_settings(self.values(etcd_prefix=prefix), Clock())
             self.assertIn("etcd-prefix", str(caught.exception))
 
     def test_build_catalogs(self):
+        """The registry's build_catalogs makes this catalog from etcd-url."""
         [catalog] = build_catalogs(self.values(), Clock())
         self.assertIsInstance(catalog, EtcdCatalog)
 
@@ -854,6 +882,7 @@ class BenchTests(SynchronousTestCase):
         skip = SKIP
 
     def test_measure(self):
+        """measure() gives a row per metric, each with positive times."""
         from bench.catalog_etcd import HEADER, measure
         rows = measure(changes=5, logdir=os.path.abspath(self.mktemp()))
         self.assertEqual([len(row) for row in rows], [len(HEADER)] * len(rows))

@@ -11,7 +11,7 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import (CancelledError, Deferred, ensureDeferred, fail,
                                     gatherResults)
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -61,7 +61,7 @@ class V3Tests(RealEtcdCase):
     """The v3 JSON gateway of a real etcd."""
 
     async def test_put_and_range(self):
-        """Keys and values round-trip as bytes; a prefix range, keys only, counts, revisions."""
+        """Keys and values round-trip as bytes; prefix ranges, keys only, counts, revisions."""
         first = await self.v3.put("/a/1", "one")
         self.assertIsInstance(first, PutResult)
         await self.v3.put(b"/a/2", b"\x00two\xff")
@@ -87,7 +87,7 @@ class V3Tests(RealEtcdCase):
         self.assertEqual((await self.v3.range("/nothing")).kvs, ())
 
     async def test_range_all_one_revision(self):
-        """range_all reads every page at the first page's revision, whatever happens between."""
+        """range_all reads every page at the first page's revision, whatever comes between."""
         for n in range(25):
             await self.v3.put("/p/{:02}".format(n), str(n))
         real_range = self.v3.range
@@ -106,6 +106,7 @@ class V3Tests(RealEtcdCase):
         self.assertEqual((result.count, result.more), (25, False))
 
     async def test_delete_range(self):
+        """A delete takes one key or a prefix, and answers what it deleted."""
         for key in ("/d/1", "/d/2", "/d/2/x", "/e"):
             await self.v3.put(key, "v")
         result = await self.v3.delete_range("/d/2", prev_kv=True)
@@ -186,6 +187,7 @@ class V3Tests(RealEtcdCase):
         self.assertEqual(seen[1].kv.mod_revision, first.revision + 3)
 
     async def test_watch_cancel(self):
+        """A canceled watch says so on its next read."""
         watch = await self.v3.watch("/w/", prefix=True)
         watch.cancel()
         with self.assertRaises(EtcdUnavailable):
@@ -214,6 +216,7 @@ class V3Tests(RealEtcdCase):
         self.assertIn("future revision", caught.exception.message)
 
     async def test_watch_breaks_when_etcd_stops(self):
+        """etcd stopping ends the stream: EtcdUnavailable."""
         watch = await self.v3.watch("/w/", prefix=True)
         await self.etcd.stop()
         with self.assertRaises(EtcdUnavailable):
@@ -266,6 +269,7 @@ class ClusterTests(RealEtcdCase):
     size = 3
 
     async def test_member_down(self):
+        """Writes and reads go on through the other members; the stopped one catches up."""
         await self.v3.put("/k", "1")
         self.assertEqual(self.v3.endpoints.current, 0)
         await self.etcd.stop_member(0)
@@ -281,6 +285,9 @@ class V2Tests(RealEtcdCase):
     """The v2 keys API of a real etcd (--enable-v2)."""
 
     async def test_set_get_delete(self):
+        """
+        Not found (code 100, the index), set, a recursive get, conditions, a recursive delete.
+        """
         missing = self.v2.get("/weave/service/", recursive=True)
         with self.assertRaises(EtcdError) as caught:
             await missing
@@ -470,6 +477,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_no_urls(self):
+        """A client needs at least one URL."""
         with self.assertRaises(ValueError):
             EtcdV3(Routes({}), [], self.clock)
 
@@ -486,12 +494,14 @@ class AnswerTests(SynchronousTestCase):
         return EtcdV2(StubTreq(self.resource), [A], Clock())
 
     def test_not_json(self):
+        """A body that is not etcd's JSON object is an EtcdError with the status."""
         for code, body in ((200, b"<html>"), (200, b"[1]"), (500, b"oops"),
                            (400, b'{"no": "message"}')):
             failure = self.failureResultOf(self.v3((code, body)).range("/k"), EtcdError)
             self.assertEqual(failure.value.status, code)
 
     def test_bad_fields(self):
+        """Fields of the wrong type or encoding are an EtcdError."""
         for body in ({"header": {"revision": "x"}}, {"header": [], "kvs": []},
                      {"kvs": [{"key": "not base64!"}]}, {"kvs": {}}, {"kvs": [1]}):
             self.failureResultOf(self.v3(answer(body)).range("/k"), EtcdError)
@@ -515,6 +525,7 @@ class AnswerTests(SynchronousTestCase):
                              "failure": []})])
 
     def test_v2_errors(self):
+        """v2 errors: 401 is IndexCleared; a 404 page hints at --enable-v2; bad nodes."""
         cleared = {"errorCode": 401, "message": "The event in requested index is outdated "
                    "and cleared", "cause": "the requested history has been cleared [9/1]",
                    "index": 1009}
@@ -529,6 +540,7 @@ class AnswerTests(SynchronousTestCase):
         self.failureResultOf(self.v2(answer({"node": {"nodes": {}}})).get("/k"), EtcdError)
 
     def test_v2_requests(self):
+        """What the v2 client sends: form bodies, quoted keys, query flags."""
         ok = answer({"action": "set", "node": {"key": "/k", "value": "v"}}, 201)
         client = self.v2(ok, ok, ok)
         self.successResultOf(client.set("/k", "a b&c", ttl=5, prev_exist=True))
@@ -551,6 +563,8 @@ class Stream(Resource):
 
     def render_POST(self, request):
         self.request = request
+        self.finished = []          # how the request ended, once it has
+        request.notifyFinish().addBoth(self.finished.append)
         request.setHeader(b"content-type", b"application/json")
         return NOT_DONE_YET
 
@@ -580,6 +594,7 @@ class WatchStreamTests(SynchronousTestCase):
         return self.successResultOf(self.pending)
 
     def test_created(self):
+        """watch() answers once etcd has created the watch, with its id and revision."""
         watch = self.created()
         self.assertEqual((watch.watch_id, watch.revision), (4, 9))
 
@@ -603,6 +618,7 @@ class WatchStreamTests(SynchronousTestCase):
                          (True, 9, ()))
 
     def test_compacted(self):
+        """A cancellation with a compact_revision is Compacted, carrying it."""
         watch = self.created()
         d = ensureDeferred(watch.next())
         self.send(result(canceled=True, compact_revision="8"))
@@ -610,12 +626,14 @@ class WatchStreamTests(SynchronousTestCase):
         self.assertEqual(failure.value.compact_revision, 8)
 
     def test_canceled(self):
+        """Another cancellation is WatchCanceled, with etcd's reason."""
         watch = self.created()
         d = ensureDeferred(watch.next())
         self.send(result(canceled=True, cancel_reason="permission denied"))
         self.assertIn("permission denied", str(self.failureResultOf(d, WatchCanceled).value))
 
     def test_error_in_stream(self):
+        """An error object in the stream is raised (a 503 one as EtcdUnavailable)."""
         watch = self.created()
         d = ensureDeferred(watch.next())
         self.send(json.dumps({"error": {"grpc_code": 14, "http_code": 503,
@@ -624,6 +642,7 @@ class WatchStreamTests(SynchronousTestCase):
         self.assertEqual((failure.value.code, failure.value.status), (14, 503))
 
     def test_garbage(self):
+        """Lines that are not the gateway's results are an EtcdError, one each."""
         watch = self.created()
         for line in (b"not json\n", b"[1]\n", b'{"result": 3}\n',
                      result(events=[{"type": "EXPLODE", "kv": {}}])):
@@ -641,12 +660,14 @@ class WatchStreamTests(SynchronousTestCase):
         self.failureResultOf(watch.next(), EtcdUnavailable)
 
     def test_cancel_closes(self):
+        """cancel() closes the stream's connection and ends a pending next()."""
         watch = self.created()
         d = ensureDeferred(watch.next())
         watch.cancel()
         self.http.flush()
         self.failureResultOf(d, EtcdUnavailable)
-        self.assertTrue(self.stream.request._disconnected or self.stream.request.finished)
+        [reason] = self.stream.finished
+        self.assertTrue(reason.check(ConnectionDone), reason)
 
     def test_not_created(self):
         """A watch refused at once (a bad key, say) is an EtcdError from watch()."""
@@ -659,6 +680,7 @@ class WatchStreamTests(SynchronousTestCase):
 
 class HelperTests(SynchronousTestCase):
     def test_prefix_end(self):
+        """The end of a prefix range: the last byte below 0xff plus one."""
         self.assertEqual(prefix_end(b"/a/"), b"/a0")
         self.assertEqual(prefix_end("/a\xff"), "/a\xff".encode()[:-1] + b"\xc0")
         self.assertEqual(prefix_end(b"a\xff\xff"), b"b")
@@ -666,6 +688,7 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(prefix_end(b""), b"\0")
 
     def test_compare(self):
+        """Comparisons in the gateway's JSON; unknown targets and operators are refused."""
         self.assertEqual(compare("k", "version", "==", 0),
                          {"key": "aw==", "target": "VERSION", "result": "EQUAL",
                           "version": "0"})
@@ -677,12 +700,16 @@ class HelperTests(SynchronousTestCase):
                 compare(*bad)
 
     def test_key_value(self):
+        """
+        Key-values from the gateway's JSON: base64, int64 strings or numbers, not booleans.
+        """
         kv = KeyValue.from_json({"key": "YQ==", "create_revision": "2", "lease": 7})
         self.assertEqual((kv.key, kv.value, kv.create_revision, kv.lease), (b"a", b"", 2, 7))
         with self.assertRaises(EtcdError):
             KeyValue.from_json({"key": "YQ==", "version": True})
 
     def test_error_text(self):
+        """An error's text names the endpoint, status, code, message and cause."""
         error = EtcdError("Key not found", status=404, code=100, cause="/x", url=A)
         self.assertEqual(str(error), "etcd at http://a:2379, HTTP 404, code 100: Key not "
                                      "found (/x)")

@@ -6,10 +6,11 @@ read-only instances of one registry namespace.
 
 Flux's layout, under a prefix (C{/weave/service/} by default), one JSON value a key:
 
-    <prefix><service>/details            {"address": "10.128.0.1", "port": 80, "protocol": "http"}
-    <prefix><service>/instance/<name>    {"address": "10.0.0.7", "port": 9080,
-                                          "containerGroup": "v2", "labels": {...},
-                                          "state": "live", "ownerID": "..."}
+    <prefix><service>/details          {"address": "10.128.0.1", "port": 80,
+                                        "protocol": "http"}
+    <prefix><service>/instance/<name>  {"address": "10.0.0.7", "port": 9080,
+                                        "containerGroup": "v2", "labels": {...},
+                                        "state": "live", "ownerID": "..."}
 
 (C{<service>/groupspec/<group>} and any other key are Flux's own business and ignored.) The
 instance group field was C{instanceGroup}, then C{containerGroup}, then C{containerRule} as
