@@ -36,7 +36,7 @@ bench-debs:
 test: setup
 	A8_REQUIRE_PROXY=1 $(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
 
-BENCHMARKS ?= registry controller proxy propagation gremlin
+BENCHMARKS ?= registry registry_redis controller proxy propagation gremlin eureka
 
 bench: setup bench-debs
 	@for name in $(BENCHMARKS); do \

@@ -31,6 +31,12 @@ setup(
         "jsonschema>=4.18",
         # The sidecar's YAML configuration file (A8_CONFIG), as Amalgam8 0.4 read it.
         "PyYAML>=6.0",
+        # Eureka clients send XML bodies: defusedxml refuses DTDs, entity declarations and
+        # external references (no entity bombs, no external entities) on top of expat.
+        "defusedxml>=0.7.1",
+        # The Redis stores (A8_STORE=redis, A8_DATABASE_TYPE=redis): a maintained,
+        # non-blocking Twisted Redis protocol (no thread pool, no blocking client).
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "dev": [

@@ -3,6 +3,13 @@
 One treq-based client for the registry and controller APIs (blocking reads included), used
 by the sidecar, a8ctl and Gremlin. The HTTP client is injected: production passes an
 C{HTTPClient} over a pooled C{Agent}, tests a C{StubTreq}.
+
+A client's C{url} may name several replicas of one server, comma-separated
+(C{"http://r1:8080,http://r2:8080"}, issue 13): a call goes to the replica that answered
+last and fails over to the next one when a replica cannot be reached or answers 503 (its
+store is down: nothing was changed). A request that may have reached the server is sent
+again only where that is safe: a read, a C{PUT} or C{DELETE}, a registration (which
+replaces an instance with the same id). A connection that was refused never reached it.
 """
 
 import ipaddress
@@ -11,6 +18,7 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
                                         TCP6ClientEndpoint, wrapClientTLS)
 from twisted.logger import Logger
@@ -19,7 +27,10 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 __all__ = ["APIError", "Unreachable", "RegistryClient", "ControllerClient", "http_client",
-           "DirectEndpoints"]
+           "DirectEndpoints", "split_urls"]
+
+#: Methods that may be sent again to another replica after the first may have received them.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class APIError(Exception):
@@ -50,6 +61,18 @@ class APIError(Exception):
 
 class Unreachable(Exception):
     """The server could not be reached (refused, timed out, reset)."""
+
+
+class _NotSent(Exception):
+    """The connection was refused: the request never reached the server."""
+
+
+def split_urls(url):
+    """
+    @param url: one base URL, or several comma-separated (the replicas of one server).
+    @return: the list of base URLs, without trailing slashes.
+    """
+    return [part.strip().rstrip("/") for part in (url or "").split(",") if part.strip()]
 
 
 @implementer(IAgentEndpointFactory)
@@ -115,15 +138,55 @@ class _Base:
     token: str = None
     timeout: float = 30.0
     reactor: object = None   # the IReactorTime that times requests out (tests: a Clock)
+    _current: int = attrs.field(default=0, init=False, repr=False)
 
     log = Logger()
 
-    def _url(self, path):
-        return self.url.rstrip("/") + path
+    @property
+    def urls(self):
+        """The base URLs of the server's replicas (one, unless C{url} names several)."""
+        return split_urls(self.url) or [self.url]
+
+    def _url(self, path, base=None):
+        return (base if base is not None else self.urls[self._current % len(self.urls)]
+                ).rstrip("/") + path
 
     async def _call(self, method, path, body=None, params=None, timeout=None, ok=(200,),
-                    extra_headers=None):
-        url = self._url(path)
+                    extra_headers=None, idempotent=None):
+        """
+        Send a request to the current replica, failing over to the others in turn.
+
+        @param idempotent: whether the request may be sent again to another replica after
+            the first may have received it (default: by method, L{_IDEMPOTENT}).
+        """
+        urls = self.urls
+        if idempotent is None:
+            idempotent = method in _IDEMPOTENT
+        first = self._current % len(urls)
+        for attempt in range(len(urls)):
+            which = (first + attempt) % len(urls)
+            last = attempt == len(urls) - 1
+            try:
+                result = await self._send(method, self._url(path, urls[which]), body,
+                                          params, timeout, ok, extra_headers)
+            except _NotSent as e:
+                error = e.__cause__
+                if last:
+                    raise error
+            except Unreachable:
+                if last or not idempotent:
+                    raise
+            except APIError as e:
+                if last or e.status != 503:
+                    raise
+            else:
+                self._current = which
+                return result
+            self.log.info("{method} {path}: replica {url} failed, trying the next",
+                          method=method, path=path, url=urls[which])
+            self._current = (which + 1) % len(urls)
+
+    async def _send(self, method, url, body, params, timeout, ok, extra_headers):
         data = None if body is None else json.dumps(body).encode("utf-8")
         try:
             response = await self.http.request(
@@ -141,7 +204,11 @@ class _Base:
         except Exception as e:
             if _cancelled(e):
                 raise CancelledError() from e
-            raise Unreachable("{} {}: {}".format(method, url, e)) from e
+            error = Unreachable("{} {}: {}".format(method, url, e))
+            error.__cause__ = e
+            if isinstance(e, ConnectError):
+                raise _NotSent() from error
+            raise error
         try:
             decoded = json.loads(content) if content else None
         except ValueError:
@@ -188,7 +255,9 @@ class RegistryClient(_Base):
     """The registry API (SPEC A2, B1)."""
 
     async def register(self, registration):
-        _, body = await self._call("POST", "/api/v1/instances", registration, ok=(200, 201))
+        # A registration replaces the instance with the same id: safe to send again.
+        _, body = await self._call("POST", "/api/v1/instances", registration, ok=(200, 201),
+                                   idempotent=True)
         return body
 
     async def heartbeat(self, instance_id):

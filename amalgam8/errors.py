@@ -20,6 +20,7 @@ __all__ = [
     "Conflict",
     "StoreCorrupt",
     "StoreUnavailable",
+    "StoreUnconfirmed",
 ]
 
 
@@ -136,3 +137,12 @@ class StoreUnavailable(A8Error):
 
     status = 503
     error_id = "error_store_unavailable"
+
+
+class StoreUnconfirmed(StoreUnavailable):
+    """
+    A change was made on the store's master but none of its replicas confirmed it in
+    time: it may be lost if the master fails (the message says so, and names the revision).
+    """
+
+    error_id = "error_store_unconfirmed"

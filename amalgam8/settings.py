@@ -51,6 +51,7 @@ __all__ = [
     "parse_positive_duration",
     "parse_positive_int",
     "parse_url",
+    "parse_urls",
     "choice",
     "check_endpoint",
     "markdown",
@@ -145,6 +146,26 @@ def parse_url(text):
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("{!r} has a bad port (1-65535)".format(text))
     return value.rstrip("/")
+
+
+def parse_urls(text):
+    """
+    One http(s) URL or several, comma-separated (or a YAML list): the replicas of one server, which a client
+    fails over between (L{amalgam8.client}). Blank is no URL (L{None}).
+
+    @return: the URLs without trailing slashes, joined by commas.
+    """
+    if isinstance(text, (list, tuple)):      # a YAML list
+        parts = [str(part) for part in text]
+    else:
+        parts = str(text).split(",")
+    parts = [part for part in parts if part.strip()]
+    urls = [parse_url(part) for part in parts]
+    if not urls:
+        return None
+    if len(set(urls)) != len(urls):
+        raise ValueError("{!r} names a URL twice".format(text))
+    return ",".join(urls)
 
 
 def choice(what, choices, aliases=None):
@@ -442,8 +463,9 @@ class SettingsOptions(usage.Options):
     through an C{opt_} method), C{--help} from the table, and every error one line and
     exit status 2 (twistd's own handling would print the whole usage text and exit 1).
     Subclasses set C{settings} and C{program}, and may add cross-checks in L{check}.
-    After parsing, C{self[name]} is each setting's value and C{self.loaded} the
-    L{Loaded}.
+    After parsing, C{self[name]} is each setting's value, C{self.loaded} the
+    L{Loaded}, and C{self.given} the options as the command line gave them (name -> text,
+    a list for a repeatable one, L{None} when not given).
     """
 
     settings = ()
@@ -479,8 +501,10 @@ class SettingsOptions(usage.Options):
         return flags
 
     def postOptions(self):
+        # What the command line gave, as text (C{given}): what a worker is passed again.
+        self.given = self.given_flags()
         try:
-            self.loaded = load(self.settings, self.given_flags(), self.environ)
+            self.loaded = load(self.settings, self.given, self.environ)
             self.update(self.loaded.values)
             self.check()
         except SettingError as e:
@@ -585,6 +609,10 @@ SERVER_SETTINGS = (
     Setting("idle-timeout", "A8_IDLE_TIMEOUT", parse_positive_duration, "15s",
             "How long a connection may stay open with no request in it. Above the default "
             "heartbeat interval (ttl/3 = 10s), so a sidecar's connection is kept."),
+    Setting("processes", "A8_PROCESSES", parse_positive_int, "1",
+            "Serve from this many processes on the same listening sockets (the first one "
+            "binds them and supervises the others), so one host uses all its cores. More "
+            "than 1 needs a shared store (Redis, etcd) and `tcp` listeners."),
     Setting("max-connections", "A8_MAX_CONNECTIONS", _connection_cap, "auto",
             "The most client connections served at once; one more is answered 503 with "
             "`Retry-After` as soon as it is accepted. `auto`: the open-file limit (raised "

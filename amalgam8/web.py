@@ -180,6 +180,9 @@ def answer_failure(request, failure, error_body, log):
         request.setResponseCode(error.status)
         if error.status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="amalgam8"')
+        if error.status == 503:
+            # The store is away; it is reconnected to within seconds.
+            request.setHeader(b"retry-after", b"1")
         return json_answer(request, error_body(error.error_id, error.message))
     if failure.check(NotFound):
         request.setResponseCode(404)

@@ -710,6 +710,27 @@ class ErrorTests(A8ctlTestCase):
             "a8ctl: cannot reach the registry at http://registry: Connection was "
             "refused by other side: Connection refused.")
 
+    def test_replicas(self):
+        """
+        With several URLs per server (comma-separated), a8ctl fails over from a replica
+        that cannot be reached to the next; when none can, the one line names them all.
+        """
+        self.http.by_host["down1"] = Refusing()
+        self.http.by_host["down2"] = Refusing()
+        self.add_rules({"destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}})
+        environ = {"A8_CONTROLLER_URL": "http://down1,http://controller",
+                   "A8_REGISTRY_URL": "http://down2 , http://registry/"}
+        self.register()
+        self.assertIn("reviews", self.ok("route-list", environ=environ))
+        self.assertIn("reviews", self.ok("service-list", environ=environ))
+        self.ok("route-set", "ratings", "--default", "v1", environ=environ)
+        self.assertEqual(len(self.routes("ratings")), 1)
+        self.assertEqual(
+            self.fails("service-list", environ={"A8_REGISTRY_URL": "http://down1,http://down2",
+                                               "A8_CONTROLLER_URL": "http://controller"}),
+            "a8ctl: cannot reach the registry at http://down1,http://down2: Connection was "
+            "refused by other side: Connection refused.")
+
     def test_server_error_page(self):
         """A 5xx answered with a page that is not JSON is one line, exit 1."""
         broken = Resource()

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.resource import Resource
 from zope.interface.verify import verifyObject
 
 from amalgam8.auth import Authenticator
@@ -93,3 +94,126 @@ class ControllerTracesPageTests(SynchronousTestCase):
         self.assertEqual((page, following), (self.records[1::2], None))
         self.assertEqual(self.successResultOf(self.client.traces(log_key="k", log_value="b")),
                          self.records[0::2])
+
+
+class _Unavailable(Resource):
+    """A replica whose store is down: 503 to everything."""
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(503)
+        request.setHeader(b"Content-Type", b"application/json")
+        return b'{"error": "store_unavailable", "description": "the store is down"}'
+
+
+class _Replicas:
+    """
+    An HTTP client in front of several replicas, by host: C{"up"} hosts are answered by a
+    StubTreq of one shared controller; others fail as their C{behaviour} says.
+    """
+
+    def __init__(self, behaviour, stub, unavailable=None):
+        self.behaviour = behaviour
+        self.stub = stub
+        self.unavailable = unavailable
+        self.sent = []
+
+    def request(self, method, url, **kwargs):
+        from twisted.internet.defer import fail
+        from twisted.web._newclient import ResponseNeverReceived
+        host = url.split("/")[2]
+        self.sent.append((method, host))
+        how = self.behaviour[host]
+        if how == "refused":
+            return fail(ConnectionRefusedError())
+        if how == "lost":
+            return fail(ResponseNeverReceived([Failure(ConnectionRefusedError())]))
+        if how == "unavailable":
+            return self.unavailable.request(method, url, **kwargs)
+        return self.stub.request(method, url, **kwargs)
+
+
+class ReplicaFailoverTests(SynchronousTestCase):
+    """
+    A client whose url names several replicas fails over between them (issue 13): on a
+    refused connection always, on a lost request only where sending it again is safe, and
+    on a 503; it keeps using the replica that answered.
+    """
+
+    def client(self, **behaviour):
+        clock = Clock()
+        store = MemoryStore()
+        api = ControllerAPI(store, Authenticator(("default",), clock), clock)
+        self.http = _Replicas(behaviour, StubTreq(api.resource()), StubTreq(_Unavailable()))
+        urls = ",".join("http://{}".format(host) for host in behaviour)
+        return ControllerClient(self.http, urls, reactor=clock)
+
+    def hosts(self):
+        return [host for _, host in self.http.sent]
+
+    def test_split_urls(self):
+        from amalgam8.client import split_urls
+        self.assertEqual(split_urls(" http://a:1/, http://b:2 ,,"), ["http://a:1", "http://b:2"])
+        self.assertEqual(split_urls("http://a"), ["http://a"])
+        self.assertEqual(split_urls(""), [])
+
+    def test_refused_fails_over_and_sticks(self):
+        """A refused replica is skipped, even for a POST; the next call starts at the one
+        that answered."""
+        client = self.client(**{"a.test": "refused", "b.test": "up"})
+        revision, ids = self.successResultOf(client.create_rules([
+            {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}]))
+        self.assertEqual(ids, ["r1"])
+        self.assertEqual(self.hosts(), ["a.test", "b.test"])
+        self.successResultOf(client.rules())
+        self.assertEqual(self.hosts(), ["a.test", "b.test", "b.test"])
+
+    def test_lost_post_not_sent_again(self):
+        """A POST that may have reached a replica is not sent to another: it fails."""
+        from amalgam8.client import Unreachable
+        client = self.client(**{"a.test": "lost", "b.test": "up"})
+        self.failureResultOf(client.create_rules([
+            {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}]),
+            Unreachable)
+        self.assertEqual(self.hosts(), ["a.test"])
+
+    def test_lost_read_fails_over(self):
+        """A read (or a PUT, DELETE, registration) lost at one replica goes to the next."""
+        client = self.client(**{"a.test": "lost", "b.test": "up"})
+        revision, rules = self.successResultOf(client.rules())
+        self.assertEqual(rules, [])
+        self.assertEqual(self.hosts(), ["a.test", "b.test"])
+
+    def test_unavailable_fails_over(self):
+        """A 503 (the replica's store is down: nothing changed) goes to the next replica."""
+        client = self.client(**{"a.test": "unavailable", "b.test": "up"})
+        self.successResultOf(client.create_rules([
+            {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}]))
+        self.assertEqual(self.hosts(), ["a.test", "b.test"])
+
+    def test_other_errors_answer(self):
+        """A 4xx is the server's answer: no failover."""
+        from amalgam8.client import APIError
+        client = self.client(**{"a.test": "up", "b.test": "up"})
+        failure = self.failureResultOf(client.rules_of_destination("nonsense", "x"), APIError)
+        self.assertEqual(failure.value.status, 404)
+        self.assertEqual(self.hosts(), ["a.test"])
+
+    def test_all_fail(self):
+        """When every replica fails, the last error is raised."""
+        from amalgam8.client import APIError, Unreachable
+        client = self.client(**{"a.test": "refused", "b.test": "unavailable"})
+        failure = self.failureResultOf(client.rules(), APIError)
+        self.assertEqual(failure.value.status, 503)
+        client = self.client(**{"a.test": "unavailable", "b.test": "refused"})
+        self.failureResultOf(client.rules(), Unreachable)
+        self.assertEqual(self.hosts(), ["a.test", "b.test"])
+
+    def test_registration_sent_again(self):
+        """A registration replaces the instance with the same id: it may go to the next."""
+        from amalgam8.client import RegistryClient
+        http = _Replicas({"a.test": "lost", "b.test": "refused"}, None)
+        client = RegistryClient(http, "http://a.test,http://b.test", reactor=Clock())
+        self.failureResultOf(client.register({"service_name": "x"}))
+        self.assertEqual([h for _, h in http.sent], ["a.test", "b.test"])

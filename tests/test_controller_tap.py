@@ -18,6 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from amalgam8.controller.store import FileStore, MemoryStore
+from amalgam8.controller.store.redis import RedisStore
+from amalgam8.redislink import RedisAddress
 from amalgam8.controller.tap import Options, makeService
 from amalgam8.interfaces import IRuleStore
 from tests.auth_fallback import AuthFallbackChecks
@@ -83,7 +85,8 @@ BAD = [
     ("require-https", "A8_REQUIRE_HTTPS", "maybe"),
     ("log-level", "A8_LOG_LEVEL", "loud"),
     ("database-type", "A8_DATABASE_TYPE", "mongo"),
-    ("database-type", "A8_DATABASE_TYPE", "redis"),
+    ("database-type", "A8_DATABASE_TYPE", "etcd"),
+    ("database-tls-ca", "A8_DATABASE_TLS_CA", "/no/such/ca.pem"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "lots"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "0"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "-5"),
@@ -525,6 +528,53 @@ class MakeServiceTests(OptionsTestCase):
         self.assertEqual(text.count("\n"), 1, text)
         self.assertIn("cannot listen", text)
         self.assertIn("8080", text)
+
+
+class RedisDatabaseTests(OptionsTestCase):
+    """--database-type redis and --database-host make the Redis rule store."""
+
+    def test_address(self):
+        """host:port and the password make the store's address."""
+        options = self.parse(["--database-type", "redis", "--database-host", "10.0.0.5:7000",
+                              "--database-password", "pw"])
+        self.assertEqual(options["redis-address"],
+                         RedisAddress("10.0.0.5", 7000, password="pw"))
+
+    def test_environment_url(self):
+        """A8_DATABASE_TYPE=redis with a redis:// A8_DATABASE_HOST (database, TLS)."""
+        options = self.parse(environ={"A8_DATABASE_TYPE": "redis",
+                                      "A8_DATABASE_HOST": "rediss://:pw@redis.local/4"})
+        self.assertEqual(options["redis-address"],
+                         RedisAddress("redis.local", 6379, password="pw", database=4,
+                                      tls=True))
+
+    def test_needs_host(self):
+        """--database-type redis without a host stops the start naming it."""
+        self.parse_bad(["--database-type", "redis"], names=["--database-host"])
+
+    def test_bad_host(self):
+        """A host that is not host:port or a Redis URL stops the start."""
+        for bad in ("redis.local:port", "http://redis.local", "a:b:c"):
+            self.parse_bad(["--database-type", "redis", "--database-host", bad],
+                           names=["--database-host"])
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "redis", "A8_DATABASE_HOST": "h:0"},
+                       names=["A8_DATABASE_HOST"])
+
+    def test_etcd_reserved(self):
+        """etcd is refused with a message saying it is not available yet."""
+        text = self.parse_bad(["--database-type", "etcd"], names=["--database-type"])
+        self.assertIn("not available", text)
+
+    def test_make_service(self):
+        """makeService puts a Redis rule store in the tree; nothing connects before the
+        start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "redis", "--database-host", "127.0.0.1"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, RedisStore)]
+        self.assertEqual(store.link.address, RedisAddress("127.0.0.1", 6379))
+        self.assertProvides(IRuleStore, store)
+        self.assertEqual(reactor.tcpClients, [])
 
 
 class StoreInterfaceTests(OptionsTestCase):

@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from amalgam8.interfaces import IRegistryStore
+from amalgam8.redislink import RedisAddress
 from amalgam8.registry.store import MemoryStore
+from amalgam8.registry.store.redis import RedisStore
 from amalgam8.registry.tap import Options, makeService
 from tests.auth_fallback import AuthFallbackChecks
 
@@ -72,6 +74,15 @@ GOOD = [
     ("store", "A8_STORE", "memory", "inmem"),
     ("store-address", "A8_STORE_ADDRESS", "redis.local:6379", "redis.local:6379"),
     ("store-password", "A8_STORE_PASSWORD", "pw", "pw"),
+    ("store-address", "A8_STORE_ADDRESS", "[::1]:7000", "[::1]:7000"),
+    ("store-address", "A8_STORE_ADDRESS", "rediss://:pw@redis.local/2",
+     "rediss://:pw@redis.local/2"),
+    ("store-database", "A8_STORE_DATABASE", "3", 3),
+    ("store-tls", "A8_STORE_TLS", "true", True),
+    ("store-prefix", "A8_STORE_PREFIX", "mesh1:", "mesh1:"),
+    ("store-sentinels", "A8_STORE_SENTINELS", "s1:26379, s2",
+     (("s1", 26379), ("s2", 6379))),
+    ("store-master", "A8_STORE_MASTER", "a8", "a8"),
     ("k8s-url", "A8_K8S_URL", "", None),
     ("k8s-url", "A8_K8S_URL", "https://k8s.local:6443/", "https://k8s.local:6443"),
     ("k8s-url", "A8_K8S_URL", "In-Cluster", "in-cluster"),
@@ -101,7 +112,16 @@ BAD = [
     ("namespace-capacity", "A8_NAMESPACE_CAPACITY", "-5"),
     ("namespace-capacity", "A8_NAMESPACE_CAPACITY", "1.5"),
     ("store", "A8_STORE", "mongo"),
-    ("store", "A8_STORE", "redis"),
+    ("store-address", "A8_STORE_ADDRESS", "redis.local:port"),
+    ("store-address", "A8_STORE_ADDRESS", "redis.local:0"),
+    ("store-address", "A8_STORE_ADDRESS", "::1:6379"),
+    ("store-address", "A8_STORE_ADDRESS", "http://redis.local"),
+    ("store-address", "A8_STORE_ADDRESS", "redis://redis.local/one"),
+    ("store-database", "A8_STORE_DATABASE", "-1"),
+    ("store-tls", "A8_STORE_TLS", "perhaps"),
+    ("store-tls-ca", "A8_STORE_TLS_CA", "/no/such/ca.pem"),
+    ("store-prefix", "A8_STORE_PREFIX", "a b"),
+    ("store-sentinels", "A8_STORE_SENTINELS", "s1:26379,s2:x"),
     ("k8s-url", "A8_K8S_URL", "ftp://k8s.local"),
     ("etcd-url", "A8_ETCD_URL", "127.0.0.1:2379"),
     ("etcd-api", "A8_ETCD_API", "v4"),
@@ -409,6 +429,76 @@ class MakeServiceTests(OptionsTestCase):
         self.assertEqual(text.count("\n"), 1, text)
         self.assertIn("cannot listen", text)
         self.assertIn("8080", text)
+
+
+    def test_redis_store(self):
+        """--store redis makes a Redis store (with the capacity and the prefix) instead of
+        the in-memory one; nothing connects before the start."""
+        self.build(["--store", "redis", "--store-address", "127.0.0.1:7000",
+                    "--namespace-capacity", "5", "--store-prefix", "m1:"])
+        self.assertEqual(self.stores(), [])
+        [store] = [child for child in self.service if isinstance(child, RedisStore)]
+        self.assertEqual((store.link.address, store.capacity, store.prefix),
+                         (RedisAddress("127.0.0.1", 7000), 5, "m1:"))
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_processes_need_shared_store(self):
+        """--processes above 1 on the in-memory store stops the start: one line, status 2."""
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        error = self.assertRaises(SystemExit, self.build, ["--processes", "2"])
+        self.assertEqual(error.code, 2)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertIn("--processes 2 needs a shared store", stderr.getvalue())
+        self.assertEqual(self.reactor.tcpServers, [])
+
+
+class RedisSettingsTests(OptionsTestCase):
+    """--store redis and its settings make the address of the Redis store."""
+
+    def test_address(self):
+        """host:port, the password and the database make the store's address."""
+        options = self.parse(["--store", "redis", "--store-address", "10.0.0.5:7000",
+                              "--store-password", "pw", "--store-database", "3"])
+        self.assertEqual(options["redis-address"],
+                         RedisAddress("10.0.0.5", 7000, password="pw", database=3))
+
+    def test_environment(self):
+        """A8_STORE=redis with A8_STORE_ADDRESS (port 6379 when left out)."""
+        options = self.parse(environ={"A8_STORE": "REDIS", "A8_STORE_ADDRESS": "redis"})
+        self.assertEqual(options["redis-address"], RedisAddress("redis", 6379))
+
+    def test_url(self):
+        """A redis:// URL gives the password (percent-decoded) and the database;
+        rediss:// asks for TLS."""
+        options = self.parse(["--store", "redis", "--store-address",
+                              "redis://:p%40ss@10.0.0.5:6380/2"])
+        self.assertEqual(options["redis-address"],
+                         RedisAddress("10.0.0.5", 6380, password="p@ss", database=2))
+        options = self.parse(["--store", "redis", "--store-address", "rediss://redis.local"])
+        self.assertEqual(options["redis-address"],
+                         RedisAddress("redis.local", 6379, tls=True))
+
+    def test_settings_beat_url(self):
+        """--store-password and --store-database beat the URL's."""
+        options = self.parse(["--store", "redis", "--store-address", "redis://:a@h/2",
+                              "--store-password", "b", "--store-database", "0"])
+        self.assertEqual(options["redis-address"], RedisAddress("h", 6379, password="b"))
+
+    def test_needs_address(self):
+        """--store redis without an address stops the start naming the setting."""
+        self.parse_bad(["--store", "redis"], names=["--store-address"])
+        self.parse_bad(environ={"A8_STORE": "redis"}, names=["A8_STORE_ADDRESS"])
+
+    def test_sentinels_refused(self):
+        """Sentinels are checked but refused (not available in this version)."""
+        text = self.parse_bad(["--store", "redis", "--store-address", "h:1",
+                               "--store-sentinels", "s:26379"], names=["--store-sentinels"])
+        self.assertIn("not available", text)
+
+    def test_memory_ignores_redis(self):
+        """The in-memory store makes no Redis address."""
+        self.assertIsNone(self.parse(["--store-address", "h:1"])["redis-address"])
 
 
 class StoreInterfaceTests(A8TestCase):

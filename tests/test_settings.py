@@ -162,6 +162,23 @@ class ErrorTests(Files, SynchronousTestCase):
             self.assertEqual(str(error), "{!r} {}".format(text, words))
         self.assertEqual(settings.parse_url("http://[::1]:80/"), "http://[::1]:80")
 
+    def test_urls(self):
+        """
+        Several URLs (a server's replicas) are comma-separated or a YAML list; each is
+        checked as one URL, none may repeat, blank is none.
+        """
+        self.assertEqual(settings.parse_urls(" http://a:1/ , https://b "),
+                         "http://a:1,https://b")
+        self.assertEqual(settings.parse_urls(["http://a:1", "http://b:2/"]),
+                         "http://a:1,http://b:2")
+        self.assertEqual(settings.parse_urls("http://a"), "http://a")
+        self.assertIsNone(settings.parse_urls(" , "))
+        for text, words in (("http://a,ftp://b", "'ftp://b' is not an http(s) URL"),
+                            ("http://a,http://a/", "'http://a,http://a/' names a URL twice"),
+                            ("http://a,http://h:0", "'http://h:0' has a bad port (1-65535)")):
+            error = self.assertRaises(ValueError, settings.parse_urls, text)
+            self.assertEqual(str(error), words)
+
     def test_one_line(self):
         """A message with line breaks is one line."""
         self.assertEqual(str(SettingError("a\nb")), "a b")

@@ -32,7 +32,7 @@ from amalgam8.cli import recipe
 from amalgam8.durations import parse_duration
 from amalgam8.settings import CONFIG, Setting, SettingError, add_arguments, given_arguments
 from amalgam8.settings import load as load_settings
-from amalgam8.settings import parse_url
+from amalgam8.settings import parse_urls
 
 __all__ = ["SETTINGS", "dispatch", "main", "entry"]
 
@@ -48,10 +48,10 @@ def _token(text):
 # a8ctl's settings (SPEC A7): global options, which may go before the command or after it.
 SETTINGS = (
     CONFIG,
-    Setting("a8-controller-url", "A8_CONTROLLER_URL", parse_url, "http://localhost:8081",
-            "The controller.", yaml=("controller_url",), metavar="URL"),
-    Setting("a8-registry-url", "A8_REGISTRY_URL", parse_url, "http://localhost:8080",
-            "The registry.", yaml=("registry_url",), metavar="URL"),
+    Setting("a8-controller-url", "A8_CONTROLLER_URL", parse_urls, "http://localhost:8081",
+            "The controller (several replicas: comma-separated URLs).", yaml=("controller_url",), metavar="URL"),
+    Setting("a8-registry-url", "A8_REGISTRY_URL", parse_urls, "http://localhost:8080",
+            "The registry (several replicas: comma-separated URLs).", yaml=("registry_url",), metavar="URL"),
     Setting("a8-controller-token", "A8_CONTROLLER_TOKEN", _token, None,
             "Bearer token for the controller.", yaml=("controller_token",), metavar="TOKEN"),
     Setting("a8-registry-token", "A8_REGISTRY_TOKEN", _token, None,

@@ -6,8 +6,10 @@ C{twistd -n a8controller}: options, environment and the service tree of the cont
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
+from amalgam8.controller.store.redis import RedisStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
+from amalgam8.redislink import RedisAddress, parse_ca_file, parse_redis_address
 from amalgam8.server import server_parts
 from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
 from amalgam8.settings import SettingsOptions, check_server
@@ -20,22 +22,30 @@ def _database(text):
     kind = text.strip().lower()
     if kind in ("memory", "inmem", ""):
         return "memory"
-    if kind == "file":
-        return "file"
-    if kind == "redis":
-        raise ValueError("the redis database is not available in this version "
-                         "(use memory or file)")
-    raise ValueError("unknown database type {!r} (expected memory or file)".format(text))
+    if kind in ("file", "redis"):
+        return kind
+    if kind == "etcd":
+        raise ValueError("the etcd database is not available in this version "
+                         "(use memory, file or redis)")
+    raise ValueError("unknown database type {!r} (expected memory, file or redis)"
+                     .format(text))
 
 
 # The controller's settings (SPEC Part C): the servers' common ones, then its own.
 SETTINGS = SERVER_SETTINGS + (
     Setting("database-type", "A8_DATABASE_TYPE", _database, "memory",
-            "Where rules are kept: `memory` or `file`."),
+            "Where rules are kept: `memory`, `file`, or `redis` (shared by every controller "
+            "replica that uses the same Redis: docs/controller.md, 'The Redis store'). "
+            "`etcd` is reserved for a later version and refused."),
     Setting("database-host", "A8_DATABASE_HOST", parse_text, None,
-            "For the `file` database: the path of the rule file."),
+            "For `file`: the path of the rule file. For `redis`: `host:port` (port 6379 "
+            "when left out) or a URL `redis://[:password@]host[:port][/database]` "
+            "(`rediss://` speaks TLS)."),
     Setting("database-password", "A8_DATABASE_PASSWORD", parse_text, None,
-            "Password of the database (redis). Accepted but unused in this version."),
+            "For `redis`: the password (`AUTH`); beats one in the URL."),
+    Setting("database-tls-ca", "A8_DATABASE_TLS_CA", parse_ca_file, None,
+            "For `redis` over TLS (`rediss://`): the PEM file of the authority that signed "
+            "the server's certificate (else the system's authorities)."),
     Setting("trace-capacity", "A8_TRACE_CAPACITY", parse_positive_int, "100000",
             "Trace records kept per namespace (the oldest are dropped)."),
     Setting("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", parse_duration_setting,
@@ -64,6 +74,18 @@ class Options(SettingsOptions):
                 self["rule-store"] = FileStore(path)
             except StoreCorrupt as e:
                 raise SettingError("{}{}".format(e, self.loaded.origins("database-host")))
+        elif self["database-type"] == "redis":
+            host = self["database-host"]
+            try:
+                if not parse_redis_address(host or ""):
+                    raise ValueError("needs --database-host HOST:PORT (A8_DATABASE_HOST)")
+                self["redis-address"] = RedisAddress.from_settings(
+                    host, password=self["database-password"], ca=self["database-tls-ca"])
+            except ValueError as e:
+                raise SettingError("--database-type redis: --database-host: {}{}".format(
+                    e, self.loaded.origins("database-type", "database-host")))
+            # Made by makeService, which has the reactor.
+            self["rule-store"] = None
         else:
             self["rule-store"] = MemoryStore()
 
@@ -73,7 +95,10 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     parts = server_parts("controller", options, reactor)
-    store = options.get("rule-store") or MemoryStore()
+    if options.get("redis-address") is not None:
+        store = RedisStore(reactor, options["redis-address"])
+    else:
+        store = options.get("rule-store") or MemoryStore()
     store.setServiceParent(parts.top)
     api = ControllerAPI(
         store,
@@ -85,4 +110,4 @@ def makeService(options, reactor=None):
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    return parts.serve(api.resource())
+    return parts.serve(api.resource(), shared_store=options.get("redis-address") is not None)

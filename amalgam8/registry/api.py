@@ -85,7 +85,7 @@ class RegistryAPI:
         self._waits = GroupedWaits(clock, store.wait_for_change)
         self._metrics.registry.register(_StoreCollector(store, self._waits))
         self._require_https = require_https
-        self._eureka = EurekaAPI(store, authenticator, ttl.grant).resource()
+        self._eureka = EurekaAPI(store, authenticator, clock, ttl.grant).resource()
 
     def resource(self):
         """The root C{IResource} of the server."""

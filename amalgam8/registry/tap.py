@@ -8,11 +8,20 @@ import sys
 from amalgam8.adapters.config import ADAPTER_SETTINGS, build_catalogs
 from amalgam8.adapters.merge import CatalogMerge
 from amalgam8.registry.api import RegistryAPI, TTLPolicy
+from amalgam8.redislink import (
+    RedisAddress,
+    parse_ca_file,
+    parse_database,
+    parse_prefix,
+    parse_redis_address,
+    parse_sentinels,
+)
 from amalgam8.registry.store import MemoryStore
+from amalgam8.registry.store.redis import RedisStore
 from amalgam8.server import server_parts
 from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
 from amalgam8.settings import SettingsOptions, check_server
-from amalgam8.settings import parse_duration_setting, parse_text
+from amalgam8.settings import parse_bool, parse_duration_setting, parse_text
 
 __all__ = ["SETTINGS", "Options", "makeService"]
 
@@ -22,8 +31,8 @@ def _store_kind(text):
     if kind in ("inmem", "memory"):
         return "inmem"
     if kind == "redis":
-        raise ValueError("the redis store is not available in this version (use inmem)")
-    raise ValueError("unknown store {!r} (expected inmem)".format(text))
+        return "redis"
+    raise ValueError("unknown store {!r} (expected inmem or redis)".format(text))
 
 
 def _capacity(text):
@@ -45,7 +54,6 @@ def _not_yet(name):
     return parse
 
 
-_UNUSED = "Accepted but unused in this version."
 _NOT_YET = "Not available in this version: a non-empty value is refused at start."
 
 # The registry's settings (SPEC Part C): the servers' common ones, then its own.
@@ -61,12 +69,32 @@ SETTINGS = SERVER_SETTINGS + (
             "The most instances one namespace may hold; a registration beyond it gets 403. "
             "`-1` (or `0`) means no limit.", shown_default="no limit"),
     Setting("store", "A8_STORE", _store_kind, "inmem",
-            "Where instances are kept. Only `inmem` (alias `memory`) exists in this version; "
-            "`redis` is refused at start. The in-memory store starts empty at every start."),
-    Setting("store-address", "A8_STORE_ADDRESS", parse_text, None,
-            "Address of an external store. " + _UNUSED),
+            "Where instances are kept: `inmem` (alias `memory`), in this process and empty "
+            "at every start; or `redis`, in the Redis server of `store-address`, shared by "
+            "every registry replica that uses it (docs/registry.md, 'The Redis store')."),
+    Setting("store-address", "A8_STORE_ADDRESS", parse_redis_address, None,
+            "For `redis` (required): `host:port` (port 6379 when left out, `[v6]:port`), "
+            "or a URL `redis://[:password@]host[:port][/database]` (`rediss://` speaks "
+            "TLS)."),
     Setting("store-password", "A8_STORE_PASSWORD", parse_text, None,
-            "Password of an external store. " + _UNUSED),
+            "For `redis`: the password (`AUTH`); beats one in the URL."),
+    Setting("store-database", "A8_STORE_DATABASE", parse_database, None,
+            "For `redis`: the database number; beats one in the URL.", shown_default="`0`"),
+    Setting("store-tls", "A8_STORE_TLS", parse_bool, "false",
+            "For `redis`: speak TLS; the server's certificate must match its host and be "
+            "signed by `store-tls-ca` (else by an authority the system trusts)."),
+    Setting("store-tls-ca", "A8_STORE_TLS_CA", parse_ca_file, None,
+            "For `redis` with TLS: the PEM file of the authority that signed the server's "
+            "certificate (read at start)."),
+    Setting("store-prefix", "A8_STORE_PREFIX", parse_prefix, "a8:",
+            "For `redis`: the prefix of every key and channel; registries that share a "
+            "database under different prefixes are separate registries."),
+    Setting("store-sentinels", "A8_STORE_SENTINELS", parse_sentinels, None,
+            "For `redis`: comma-separated `host:port` of Redis Sentinels to ask for the "
+            "master `store-master`. Checked, but Sentinel is not available in this version: "
+            "a non-empty value is refused at start."),
+    Setting("store-master", "A8_STORE_MASTER", parse_text, None,
+            "For `store-sentinels`: the name the Sentinels know the master by."),
     Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka server"), None,
             "Mirror a Eureka server's apps. " + _NOT_YET + " (Eureka clients register "
             "with the registry's own Eureka API instead.)"),
@@ -91,6 +119,21 @@ class Options(SettingsOptions):
                 "(got {:g} <= {:g} <= {:g}){}".format(
                     low, default, high,
                     self.loaded.origins("min-ttl", "default-ttl", "max-ttl")))
+        self["redis-address"] = None
+        if self["store"] != "redis":
+            return
+        if self["store-sentinels"]:
+            raise SettingError(
+                "--store-sentinels: Redis Sentinel is not available in this version; give "
+                "the master's address in --store-address{}".format(
+                    self.loaded.origins("store-sentinels")))
+        if not self["store-address"]:
+            raise SettingError("--store redis needs --store-address HOST:PORT "
+                               "(A8_STORE_ADDRESS){}".format(self.loaded.origins("store")))
+        self["redis-address"] = RedisAddress.from_settings(
+            self["store-address"], password=self["store-password"],
+            database=self["store-database"], tls=self["store-tls"],
+            ca=self["store-tls-ca"])
 
 
 def makeService(options, reactor=None):
@@ -101,7 +144,12 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     parts = server_parts("registry", options, reactor)
-    store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
+    if options.get("redis-address") is not None:
+        store = RedisStore(reactor, reactor, options["redis-address"],
+                           capacity=options["namespace-capacity"],
+                           prefix=options["store-prefix"])
+    else:
+        store = MemoryStore(clock=reactor, capacity=options["namespace-capacity"])
     try:
         catalogs = build_catalogs(options, reactor)
     except SettingError as e:
@@ -121,4 +169,4 @@ def makeService(options, reactor=None):
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    return parts.serve(api.resource())
+    return parts.serve(api.resource(), shared_store=options.get("redis-address") is not None)

@@ -24,6 +24,7 @@ from amalgam8.settings import (
     parse_duration_setting,
     parse_positive_duration,
     parse_url,
+    parse_urls,
     port_parser,
 )
 
@@ -262,14 +263,16 @@ SETTINGS = (
             "http", "`http`, `https`, `tcp`, `udp` or `user`.", yaml=("endpoint.type",)),
     Setting("register", "A8_REGISTER", parse_bool, "false", "Register this instance."),
     Setting("proxy", "A8_PROXY", parse_bool, "false", "Run the proxy."),
-    Setting("registry-url", "A8_REGISTRY_URL", parse_url, None, "The registry.",
+    Setting("registry-url", "A8_REGISTRY_URL", parse_urls, None,
+            "The registry (several replicas: comma-separated URLs).",
             yaml=("registry.url",)),
     Setting("registry-token", "A8_REGISTRY_TOKEN", _stripped, None, "Its bearer token.",
             yaml=("registry.token",)),
     Setting("registry-poll", "A8_REGISTRY_POLL", parse_positive_duration, "15s",
             "Poll interval when the registry cannot block; also the cap of the retry "
             "backoff when it is down.", yaml=("registry.poll",)),
-    Setting("controller-url", "A8_CONTROLLER_URL", parse_url, None, "The controller.",
+    Setting("controller-url", "A8_CONTROLLER_URL", parse_urls, None,
+            "The controller (several replicas: comma-separated URLs).",
             yaml=("controller.url",)),
     Setting("controller-token", "A8_CONTROLLER_TOKEN", _stripped, None, "Its bearer token.",
             yaml=("controller.token",)),

@@ -1,0 +1,157 @@
+"""
+Integration tests: two real C{twistd -n a8registry} (and two C{a8controller}) processes on
+one real C{redis-server}, all on free loopback ports, are one service: what is written
+through one is read through the other, and wakes the blocking reads held on it.
+"""
+
+import json
+import os
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from amalgam8.testing.redis import RedisServer, redis_missing
+from tests.helpers import ServerProcess, child_environment, twistd_command
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+
+
+class ReplicaProcessTests(TestCase):
+    """Replicas of the registry and of the controller on one Redis."""
+
+    timeout = 60
+
+    def setUp(self):
+        missing = redis_missing()
+        if missing:
+            raise SkipTest(missing)
+        self.redis = RedisServer(self.mktemp())
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
+
+    async def spawn(self, program, env):
+        """Start C{twistd -n <program>} on 127.0.0.1; returns its base URL."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        protocol = ServerProcess(reactor, "{} listening on ".format(program))
+        argv = twistd_command() + ["-n", "--pidfile=", "--logger",
+                                   "amalgam8.logs.json_observer", program,
+                                   "--listen", LOCAL]
+        reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
+                             path=directory)
+        self.addCleanup(self._stop, protocol)
+        host, port = await protocol.listening(timeout=20)
+        self.processes = getattr(self, "processes", []) + [protocol]
+        return "http://{}:{}".format(host, port)
+
+    async def _stop(self, protocol):
+        if protocol.exit is not None:
+            return
+        try:
+            protocol.transport.signalProcess("TERM")
+        except ProcessExitedAlready:
+            return
+        try:
+            await protocol.ended(timeout=10)
+        except Exception:
+            protocol.transport.signalProcess("KILL")
+            await protocol.ended(timeout=5)
+
+    async def call(self, method, url, body=None, timeout=10):
+        kwargs = {} if body is None else {"json": body}
+        response = await self.http.request(method, url, **kwargs).addTimeout(
+            timeout, reactor)
+        return response, await response.content()
+
+    def assertNoTraceback(self):
+        for protocol in self.processes:
+            lines = protocol.stderr + protocol.stdout
+            self.assertFalse([line for line in lines if "Traceback" in line], lines[-20:])
+
+    async def test_registry_replicas(self):
+        """A registration through one registry is listed by the other and wakes the
+        blocking read held on it; a deregistration through the second is seen by the
+        first; with Redis gone both answer 503, and they recover when it is back."""
+        env = {"A8_STORE": "redis", "A8_STORE_ADDRESS": self.redis.address}
+        one = await self.spawn("a8registry", env)
+        two = await self.spawn("a8registry", env)
+        instances = "/api/v1/instances"
+        response, content = await self.call("GET", two + instances + "?service_name=reviews")
+        self.assertEqual((response.code, json.loads(content)), (200, {"instances": []}))
+        index = int(response.headers.getRawHeaders(b"a8-index")[0])
+        held = Deferred.fromCoroutine(self.call(
+            "GET", two + instances + "?service_name=reviews&wait=20s&index=%d" % index,
+            timeout=25))
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(held.called)
+        body = {"service_name": "reviews", "endpoint": {"type": "http", "value": "a:1"},
+                "tags": ["v1"]}
+        response, content = await self.call("POST", one + instances, body)
+        self.assertEqual(response.code, 201, content)
+        instance_id = json.loads(content)["id"]
+        started = reactor.seconds()
+        response, content = await held
+        self.assertLess(reactor.seconds() - started, 2.0)
+        self.assertEqual(response.code, 200)
+        self.assertEqual([i["id"] for i in json.loads(content)["instances"]], [instance_id])
+        self.assertGreater(int(response.headers.getRawHeaders(b"a8-index")[0]), index)
+        response, _ = await self.call("PUT", two + instances + "/" + instance_id
+                                      + "/heartbeat")
+        self.assertEqual(response.code, 200)
+        response, _ = await self.call("DELETE", two + instances + "/" + instance_id)
+        self.assertEqual(response.code, 200)
+        response, content = await self.call("GET", one + "/api/v1/services")
+        self.assertEqual(json.loads(content), {"services": []})
+
+        self.redis.kill()
+        for base in (one, two):
+            response, content = await self.call("POST", base + instances, body)
+            self.assertEqual(response.code, 503, content)
+            self.assertIn("unavailable", json.loads(content)["Error"])
+        self.redis.start()
+        for base in (one, two):
+            deadline = reactor.seconds() + 15
+            while True:
+                response, content = await self.call("POST", base + instances, body)
+                if response.code != 503 or reactor.seconds() > deadline:
+                    break
+                await deferLater(reactor, 0.1, lambda: None)
+            self.assertEqual(response.code, 201, content)
+        self.assertNoTraceback()
+
+    async def test_controller_replicas(self):
+        """Rules written through one controller are read through the other, whose
+        blocking read wakes; the revision is shared."""
+        env = {"A8_DATABASE_TYPE": "redis", "A8_DATABASE_HOST": self.redis.address}
+        one = await self.spawn("a8controller", env)
+        two = await self.spawn("a8controller", env)
+        response, content = await self.call("GET", two + "/v1/rules")
+        self.assertEqual(json.loads(content)["revision"], 0)
+        held = Deferred.fromCoroutine(
+            self.call("GET", two + "/v1/rules?wait=20s&revision=0", timeout=25))
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(held.called)
+        rule = {"id": "r1", "destination": "reviews",
+                "route": {"backends": [{"tags": ["v1"]}]}}
+        response, content = await self.call("POST", one + "/v1/rules", {"rules": [rule]})
+        self.assertEqual(response.code, 201, content)
+        started = reactor.seconds()
+        response, content = await held
+        self.assertLess(reactor.seconds() - started, 2.0)
+        answer = json.loads(content)
+        self.assertEqual((answer["revision"], [r["id"] for r in answer["rules"]]),
+                         (1, ["r1"]))
+        response, content = await self.call("DELETE", two + "/v1/rules?id=r1")
+        self.assertEqual(response.code, 200, content)
+        response, content = await self.call("GET", one + "/v1/rules")
+        self.assertEqual((json.loads(content)["revision"], json.loads(content)["rules"]),
+                         (2, []))
+        self.assertNoTraceback()
