@@ -134,8 +134,11 @@ class ServerProcess(ProcessProtocol):
             return
         self.events.append(event)
         message = event.get("message")
+        # Only the "<program> listening on HOST:PORT" event has the address; another event
+        # may start with the same prefix ("a8registry raised its open-file limit ...").
         if (self.address is None and isinstance(message, str)
-                and message.startswith(self.listening_prefix)):
+                and message.startswith(self.listening_prefix)
+                and " listening on " in message and "host" in event and "port" in event):
             self.address = (event["host"], event["port"])
             waiters, self._listen_waiters = self._listen_waiters, []
             for waiter in waiters:
