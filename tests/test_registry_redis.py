@@ -137,7 +137,8 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.result(gatherResults(writes))
         listed = self.result(self.one.instances("default"))[1]
         self.assertEqual(len(listed), 1)
-        self.assertEqual(listed[0].tags, ("two49",))
+        # Which connection's last write lands last is up to the scheduling: either is right.
+        self.assertIn(listed[0].tags, (("one49",), ("two49",)))
         self.assertEqual(self.redis.command("HGETALL", "a8:r:default:svcs"),
                          [b"reviews", b"1"])
 
