@@ -16,12 +16,11 @@ import signal
 import treq
 from twisted.internet import reactor
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from amalgam8.testing.redis import RedisServer, redis_missing
-from tests.helpers import ServerProcess, child_environment, twistd_command
+from tests.helpers import ServerProcess, child_environment, twistd_command, until
 from tests.test_sidecar_integration import alive
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -101,24 +100,8 @@ class ProcessesTests(TestCase):
             protocol.transport.signalProcess("KILL")
             await protocol.ended(timeout=5)
 
-    async def until(self, check, what, timeout=15.0, interval=0.05):
-        """Call C{check()} (plain or async) until it returns something true; return it."""
-        deadline = reactor.seconds() + timeout
-        last = None
-        while True:
-            try:
-                result = check()
-                if hasattr(result, "__await__"):
-                    result = await result
-                if result:
-                    return result
-                last = result
-            except Exception as e:
-                last = e
-            if reactor.seconds() >= deadline:
-                self.fail("timed out after {} s waiting for {} (last: {!r})".format(
-                    timeout, what, last))
-            await deferLater(reactor, interval, lambda: None)
+    def until(self, check, what, timeout=15.0):
+        return until(reactor, check, what, timeout)
 
     async def call(self, method, url, body=None, timeout=5):
         kwargs = {} if body is None else {"json": body}
