@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 
 import amalgam8
 
@@ -25,6 +26,7 @@ __all__ = [
     "twistd_command",
     "child_environment",
     "ServerProcess",
+    "until",
 ]
 
 
@@ -179,3 +181,28 @@ class ServerProcess(ProcessProtocol):
         d = Deferred()
         self._exit_waiters.append(d)
         return d.addTimeout(timeout, self.reactor)
+
+
+async def until(reactor, check, what, timeout=15.0, interval=0.05):
+    """
+    Call C{check()} (plain or async) every C{interval} seconds of C{reactor} until it returns
+    something true, and return that. Exceptions count as "not yet".
+
+    @raise AssertionError: after C{timeout} seconds, naming C{what} and the last result.
+    """
+    deadline = reactor.seconds() + timeout
+    last = None
+    while True:
+        try:
+            result = check()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return result
+            last = result
+        except Exception as e:
+            last = e
+        if reactor.seconds() >= deadline:
+            raise AssertionError("timed out after {} s waiting for {} (last: {!r})".format(
+                timeout, what, last))
+        await deferLater(reactor, interval, lambda: None)

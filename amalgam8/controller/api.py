@@ -10,6 +10,7 @@ Klein route: it is answered from an encoding made once per namespace, revision a
 cost one encoding per change, and it waits for the store however long the store takes.
 """
 
+import os
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -113,7 +114,8 @@ class ControllerAPI:
     @app.route("/", methods=["GET", "HEAD"])
     @route_name("health")
     async def health(self, request):
-        return _body(request, b'{"status":"up"}')
+        # The pid tells the processes of one --processes N server apart.
+        return _body(request, b'{"status":"up","pid":%d}' % os.getpid())
 
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
