@@ -33,6 +33,7 @@ Everything here blocks, like the rest of bench/ (L{redis_memory} spins the react
 """
 
 import asyncio
+import itertools
 import os
 import time
 
@@ -43,9 +44,11 @@ from bench.benchlib import HOST, BenchError
 
 __all__ = [
     "StoreConfig", "REGISTRY_STORES", "CONTROLLER_STORES", "MemoryBackend", "RedisBackend",
-    "BACKENDS", "Target", "start_targets", "tree_env", "Run", "measure", "shares_note",
-    "WakeScenario", "wakeups", "redis_memory", "throughput_rows", "THROUGHPUT_HEADER",
-    "THROUGHPUT_RIGHT", "wakeup_rows", "WAKEUP_HEADER", "add_options", "check_options",
+    "BACKENDS", "Target", "start_targets", "tree_env", "Run", "measure", "run_rows",
+    "shares_note", "check_spread", "WakeScenario", "wakeups", "wake_all", "WAKE_TIMEOUT",
+    "redis_memory", "throughput_rows", "THROUGHPUT_HEADER", "THROUGHPUT_RIGHT",
+    "wakeup_rows", "WAKEUP_HEADER", "add_options", "check_options", "section_title",
+    "describe_backends",
 ]
 
 
@@ -462,7 +465,8 @@ class WakeScenario:
     @ivar current: the path of a plain read whose C{version} header is the current version.
     @ivar read: C{version -> path} of a blocking read waiting for a version above it.
     @ivar version: the header that carries the version (C{A8-Index}, C{A8-Revision}).
-    @ivar write: C{n -> request bytes} of the C{n}th change (each one a real change).
+    @ivar write: C{n -> request bytes} of the write numbered C{n}: the writes of consecutive
+        numbers must differ, so that each one is a change.
     @ivar write_status: the status the write answers.
     @ivar gauge: the metric that counts the blocking reads a process holds.
     """
@@ -532,6 +536,15 @@ async def _parked(target, scenario, ports, expected, pause, deadline=5.0):
         await asyncio.sleep(0.002)
 
 
+#: A round whose readers are not all woken within this many seconds fails (a wake-up takes
+#: milliseconds; a reader left to its wait timer would take the whole wait).
+WAKE_TIMEOUT = 10
+
+#: The number of each wake-up write of this process: a scenario alternates its writes by it,
+#: so that every write is a change, in a second call of L{wakeups} on a target too.
+_WRITES = itertools.count()
+
+
 async def _wakeups(target, scenario, rounds, waiters, warmup, pause):
     ports = target.ports[1:] or target.ports   # readers on the replicas that do not write
     readers = [await _connect(ports[i % len(ports)]) for i in range(waiters)]
@@ -556,12 +569,20 @@ async def _wakeups(target, scenario, rounds, waiters, warmup, pause):
                 return time.perf_counter(), found
 
             pending = [asyncio.ensure_future(answer(r)) for r, _ in readers]
-            change = scenario.write(n)
+            change = scenario.write(next(_WRITES))
             started = time.perf_counter()
             writer[1].write(change)
             await writer[1].drain()
-            answers = await asyncio.wait_for(asyncio.gather(*pending), 30)
-            status, _, body = await asyncio.wait_for(_response(writer[0]), 30)
+            try:
+                answers = await asyncio.wait_for(asyncio.gather(*pending),
+                                                 WAKE_TIMEOUT)
+                status, _, body = await asyncio.wait_for(_response(writer[0]),
+                                                         WAKE_TIMEOUT)
+            except asyncio.TimeoutError:
+                woken = sum(1 for p in pending if p.done())
+                raise BenchError("{}: round {}: {} of {} blocking reads woken within {} s of "
+                                 "the write".format(target.label, n, woken, waiters,
+                                                    WAKE_TIMEOUT))
             if status != scenario.write_status:
                 raise BenchError("{}: the write answered {}: {!r}".format(
                     target.label, status, body[:200]))
@@ -597,6 +618,21 @@ def wakeups(target, scenario, rounds, waiters, warmup=5, pause=0.05):
         raise BenchError("{}: wake-ups: {!r}".format(target.label, e))
 
 
+def wake_all(targets, scenario, options, errors):
+    """
+    L{wakeups} on every target with C{options.wake_rounds} and C{options.wake_waiters}; a
+    target whose wake-ups fail has no times, and its error goes to C{errors}.
+    """
+    found = []
+    for target in targets:
+        try:
+            found.append(wakeups(target, scenario, options.wake_rounds, options.wake_waiters))
+        except BenchError as e:
+            errors.append("wake-ups: {}".format(e))
+            found.append([])
+    return found
+
+
 WAKEUP_HEADER = ("blocking reads woken", "store", "readers on", "p50 ms", "p99 ms", "max ms")
 
 
@@ -613,9 +649,11 @@ def wakeup_rows(label, targets, times):
     rows = []
     for index, (target, found) in enumerate(zip(targets, times)):
         ms = sorted(t * 1000.0 for t in found)
-        rows.append((label if index == 0 else "", target.label, readers_on(target),
-                     "{:.2f}".format(bl.percentile(ms, 50)),
-                     "{:.2f}".format(bl.percentile(ms, 99)), "{:.2f}".format(ms[-1])))
+        figures = (("{:.2f}".format(bl.percentile(ms, 50)), "{:.2f}".format(
+            bl.percentile(ms, 99)), "{:.2f}".format(ms[-1])) if ms
+            else ("failed", "", ""))
+        rows.append((label if index == 0 else "", target.label, readers_on(target))
+                    + figures)
     return rows
 
 

@@ -294,6 +294,30 @@ class RowTests(SynchronousTestCase):
         self.assertEqual(rows[2][2:], ("the other replica", "6.00", "6.00", "6.00"))
 
 
+    def test_failed_wakeups(self):
+        """
+        A target whose wake-ups fail is an error of the run and a 'failed' row; the other
+        targets are still measured.
+        """
+        targets = [st.Target(st.StoreConfig("a"), None, []),
+                   st.Target(st.StoreConfig("b", "redis"), None, [])]
+
+        def wakeups(target, scenario, rounds, waiters):
+            if target.label == "a":
+                raise bl.BenchError("a: 3 of 20 blocking reads woken")
+            return [0.001] * rounds
+
+        self.patch(st, "wakeups", wakeups)
+        errors = []
+        times = st.wake_all(targets, None, argparse.Namespace(wake_rounds=2, wake_waiters=20),
+                            errors)
+        self.assertEqual(times, [[], [0.001, 0.001]])
+        self.assertEqual(errors, ["wake-ups: a: 3 of 20 blocking reads woken"])
+        rows = st.wakeup_rows("woken", targets, times)
+        self.assertEqual(rows[0][3:], ("failed", "", ""))
+        self.assertEqual(rows[1][3:], ("1.00", "1.00", "1.00"))
+
+
 class OptionTests(SynchronousTestCase):
     """The options of the store sections."""
 
