@@ -32,6 +32,7 @@ It holds:
 Everything here blocks, like the rest of bench/ (L{redis_memory} spins the reactor itself).
 """
 
+import argparse
 import asyncio
 import itertools
 import os
@@ -545,92 +546,141 @@ WAKE_TIMEOUT = 10
 _WRITES = itertools.count()
 
 
-async def _wakeups(target, scenario, rounds, waiters, warmup, pause):
-    ports = target.ports[1:] or target.ports   # readers on the replicas that do not write
-    readers = [await _connect(ports[i % len(ports)]) for i in range(waiters)]
-    writer = await _connect(target.port)
-    times = []
-    try:
-        status, headers, _ = await _exchange(writer, bl.request_bytes("GET", scenario.current))
+class _Wake:
+    """
+    The wake-up rounds of one target: C{waiters} keep-alive connections to the replicas
+    that do not write (or to the one port), one to the first replica, which writes.
+    """
+
+    def __init__(self, target, scenario, waiters, pause):
+        self.target = target
+        self.scenario = scenario
+        self.waiters = waiters
+        self.pause = pause
+        self.ports = target.ports[1:] or target.ports
+        self.readers = []
+        self.writer = None
+        self.version = None
+
+    async def open(self):
+        scenario = self.scenario
+        for i in range(self.waiters):
+            self.readers.append(await _connect(self.ports[i % len(self.ports)]))
+        self.writer = await _connect(self.target.port)
+        status, headers, _ = await _exchange(self.writer,
+                                             bl.request_bytes("GET", scenario.current))
         if status != 200:
-            raise BenchError("{}: GET {} answered {}".format(target.label, scenario.current,
-                                                             status))
-        version = int(headers[scenario.version.lower()])
-        for n in range(warmup + rounds):
-            request = bl.request_bytes("GET", scenario.read(version))
-            for _, stream in readers:
-                stream.write(request)
-            for _, stream in readers:
-                await stream.drain()
-            await _parked(target, scenario, ports, waiters, pause)
+            raise BenchError("GET {} answered {}".format(scenario.current, status))
+        self.version = int(headers[scenario.version.lower()])
 
-            async def answer(reader):
-                found = await _response(reader)
-                return time.perf_counter(), found
+    async def round(self, n):
+        """One round: the time from the write sent to the last reader's whole answer."""
+        scenario, version = self.scenario, self.version
+        request = bl.request_bytes("GET", scenario.read(version))
+        for _, stream in self.readers:
+            stream.write(request)
+        for _, stream in self.readers:
+            await stream.drain()
+        await _parked(self.target, scenario, self.ports, self.waiters, self.pause)
 
-            pending = [asyncio.ensure_future(answer(r)) for r, _ in readers]
-            change = scenario.write(next(_WRITES))
-            started = time.perf_counter()
-            writer[1].write(change)
-            await writer[1].drain()
-            try:
-                answers = await asyncio.wait_for(asyncio.gather(*pending),
-                                                 WAKE_TIMEOUT)
-                status, _, body = await asyncio.wait_for(_response(writer[0]),
-                                                         WAKE_TIMEOUT)
-            except asyncio.TimeoutError:
-                woken = sum(1 for p in pending if p.done())
-                raise BenchError("{}: round {}: {} of {} blocking reads woken within {} s of "
-                                 "the write".format(target.label, n, woken, waiters,
-                                                    WAKE_TIMEOUT))
-            if status != scenario.write_status:
-                raise BenchError("{}: the write answered {}: {!r}".format(
-                    target.label, status, body[:200]))
-            versions = []
-            for at, (status, headers, _) in answers:
-                new = int(headers.get(scenario.version.lower(), -1))
-                if status != 200 or new <= version:
-                    raise BenchError("{}: a blocking read answered {} at version {} (was {})"
-                                     .format(target.label, status, new, version))
-                versions.append(new)
-            version = max(versions)
-            if n >= warmup:
-                times.append(max(at for at, _ in answers) - started)
-    finally:
-        for _, stream in readers + [writer]:
+        async def answer(reader):
+            found = await _response(reader)
+            return time.perf_counter(), found
+
+        pending = [asyncio.ensure_future(answer(r)) for r, _ in self.readers]
+        change = scenario.write(next(_WRITES))
+        started = time.perf_counter()
+        self.writer[1].write(change)
+        await self.writer[1].drain()
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(*pending), WAKE_TIMEOUT)
+            status, _, body = await asyncio.wait_for(_response(self.writer[0]),
+                                                     WAKE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise BenchError("round {}: {} of {} blocking reads woken within {} s of the "
+                             "write".format(n, sum(1 for p in pending if p.done()),
+                                            self.waiters, WAKE_TIMEOUT))
+        if status != scenario.write_status:
+            raise BenchError("the write answered {}: {!r}".format(status, body[:200]))
+        versions = []
+        for _, (status, headers, _) in answers:
+            new = int(headers.get(scenario.version.lower(), -1))
+            if status != 200 or new <= version:
+                raise BenchError("a blocking read answered {} at version {} (was {})"
+                                 .format(status, new, version))
+            versions.append(new)
+        self.version = max(versions)
+        return max(at for at, _ in answers) - started
+
+    def close(self):
+        for _, stream in self.readers + ([self.writer] if self.writer else []):
             stream.close()
+
+
+#: What a failing wake-up run may raise, besides L{BenchError}.
+_WAKE_ERRORS = (BenchError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+                ValueError, IndexError, KeyError)
+
+
+async def _wake_rounds(runs, rounds, warmup):
+    times = [[] for _ in runs]
+    failures = [None] * len(runs)
+    try:
+        for index, run in enumerate(runs):
+            try:
+                await run.open()
+            except _WAKE_ERRORS as e:
+                failures[index] = e
+        for n in range(warmup + rounds):
+            for index in bl.alternating(range(len(runs)), n):
+                if failures[index] is not None:
+                    continue
+                try:
+                    taken = await runs[index].round(n)
+                except _WAKE_ERRORS as e:
+                    failures[index] = e
+                    continue
+                if n >= warmup:
+                    times[index].append(taken)
+    finally:
+        for run in runs:
+            run.close()
+    return times, failures
+
+
+def wake_all(targets, scenario, options, errors, warmup=5, pause=0.05):
+    """
+    C{options.wake_rounds} rounds (after C{warmup} not counted) on every target, the
+    targets in alternating order in each round, of: C{options.wake_waiters} blocking reads
+    held on the target's replicas but the first (or on its one port; with C{--processes},
+    C{pause} seconds after they were sent, else once its gauge counts them all), then one
+    change written through the first replica. Returns, per target, the time from the write
+    sent to the last reader's whole answer of each round, in seconds; a target whose reads
+    are not held, not woken or answered wrong has none, and its error goes to C{errors}.
+    """
+    runs = [_Wake(target, scenario, options.wake_waiters, pause) for target in targets]
+    times, failures = asyncio.run(_wake_rounds(runs, options.wake_rounds, warmup))
+    for index, (target, failure) in enumerate(zip(targets, failures)):
+        if failure is None:
+            continue
+        try:
+            target.check_alive()
+            why = str(failure) if isinstance(failure, BenchError) else repr(failure)
+        except BenchError as e:
+            why = str(e)
+        errors.append("wake-ups ({}): {}".format(target.label, why))
+        times[index] = []
     return times
 
 
 def wakeups(target, scenario, rounds, waiters, warmup=5, pause=0.05):
-    """
-    C{rounds} rounds (after C{warmup} not counted) of: C{waiters} blocking reads held on
-    C{target}'s replicas but the first (or on its one port), then one change written
-    through the first; the time from the write sent to the last reader's whole answer, in
-    seconds, one per round. L{BenchError} when a read is not held, not woken or answered
-    wrong.
-    """
-    try:
-        return asyncio.run(_wakeups(target, scenario, rounds, waiters, warmup, pause))
-    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError,
-            IndexError, KeyError) as e:
-        target.check_alive()
-        raise BenchError("{}: wake-ups: {!r}".format(target.label, e))
-
-
-def wake_all(targets, scenario, options, errors):
-    """
-    L{wakeups} on every target with C{options.wake_rounds} and C{options.wake_waiters}; a
-    target whose wake-ups fail has no times, and its error goes to C{errors}.
-    """
-    found = []
-    for target in targets:
-        try:
-            found.append(wakeups(target, scenario, options.wake_rounds, options.wake_waiters))
-        except BenchError as e:
-            errors.append("wake-ups: {}".format(e))
-            found.append([])
-    return found
+    """L{wake_all} of one target: its times; L{BenchError} when it fails."""
+    errors = []
+    options = argparse.Namespace(wake_rounds=rounds, wake_waiters=waiters)
+    [times] = wake_all([target], scenario, options, errors, warmup, pause)
+    if errors:
+        raise BenchError(errors[0])
+    return times
 
 
 WAKEUP_HEADER = ("blocking reads woken", "store", "readers on", "p50 ms", "p99 ms", "max ms")
@@ -751,12 +801,14 @@ def check_options(parser, options, configs):
                          .format(options.store_threads, config.replicas, config.label))
 
 
-def section_title(program, configs, options, described):
+def section_title(program, configs, options, described, seconds=None):
     """
     The lines above a store table: the configurations, wrk's settings, the stores
-    (C{described}: L{describe_backends}).
+    (C{described}: L{describe_backends}) and how long the section took.
     """
     described = "; ".join("{}: {}".format(name, text) for name, text in described.items())
+    if seconds is not None:
+        described += " (this section: {:.0f} s)".format(seconds)
     return ["{} on each store: {} (same machine, same run)".format(
                 program, ", ".join(c.label for c in configs)),
             "wrk -t{} -c{} -d{}s, {} round(s) per row in alternating order; {} cores; "

@@ -296,26 +296,41 @@ class RowTests(SynchronousTestCase):
 
     def test_failed_wakeups(self):
         """
-        A target whose wake-ups fail is an error of the run and a 'failed' row; the other
-        targets are still measured.
+        The targets take their rounds in alternating order; a target whose wake-ups fail is
+        an error of the run and a 'failed' row, and the others are still measured.
         """
-        targets = [st.Target(st.StoreConfig("a"), None, []),
-                   st.Target(st.StoreConfig("b", "redis"), None, [])]
+        targets = [st.Target(st.StoreConfig("a"), None, [FakeServer("a", [], 1)]),
+                   st.Target(st.StoreConfig("b", "redis"), None, [FakeServer("b", [], 2)])]
+        calls = []
 
-        def wakeups(target, scenario, rounds, waiters):
-            if target.label == "a":
-                raise bl.BenchError("a: 3 of 20 blocking reads woken")
-            return [0.001] * rounds
+        class Wake:
+            def __init__(self, target, scenario, waiters, pause):
+                self.target = target
 
-        self.patch(st, "wakeups", wakeups)
+            async def open(self):
+                pass
+
+            async def round(self, n):
+                calls.append((self.target.label, n))
+                if self.target.label == "a" and n == 2:
+                    raise bl.BenchError("round 2: 3 of 20 blocking reads woken")
+                return 0.001
+
+            def close(self):
+                calls.append((self.target.label, "closed"))
+
+        self.patch(st, "_Wake", Wake)
         errors = []
-        times = st.wake_all(targets, None, argparse.Namespace(wake_rounds=2, wake_waiters=20),
-                            errors)
-        self.assertEqual(times, [[], [0.001, 0.001]])
-        self.assertEqual(errors, ["wake-ups: a: 3 of 20 blocking reads woken"])
+        times = st.wake_all(targets, None, argparse.Namespace(wake_rounds=3, wake_waiters=20),
+                            errors, warmup=1)
+        self.assertEqual(calls, [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2),
+                                 ("b", 3), ("a", "closed"), ("b", "closed")])
+        self.assertEqual(times, [[], [0.001, 0.001, 0.001]])
+        self.assertEqual(errors, ["wake-ups (a): round 2: 3 of 20 blocking reads woken"])
         rows = st.wakeup_rows("woken", targets, times)
         self.assertEqual(rows[0][3:], ("failed", "", ""))
         self.assertEqual(rows[1][3:], ("1.00", "1.00", "1.00"))
+        self.assertRaises(bl.BenchError, st.wakeups, targets[0], None, 3, 20, warmup=1)
 
 
 class OptionTests(SynchronousTestCase):
