@@ -29,6 +29,25 @@ It holds:
  - the tables (L{throughput_rows}, L{wakeup_rows}) and the options both benchmarks take
    (L{add_options}).
 
+A new store (the controller's etcd rule store, say) is a backend class and one more entry
+in a list; the benchmark of that list then prints its rows beside the others', measured in
+the same rounds:
+
+    class EtcdBackend:
+        name = "etcd"
+        def __init__(self, directory): ...    # where its data and log go
+        def start(self): ...                  # start etcd (as bench/catalog_etcd.py's
+                                              # start_etcd does); return self
+        def stop(self): ...
+        def server_args(self, program, slot): # e.g. --database-type etcd --database-host URL,
+            ...                               # the slot keeping each configuration's keys apart
+        def pids(self): ...                   # its processes, for the CPU column
+        def describe(self): ...               # "etcd 3.4.23 on 127.0.0.1:PORT"
+
+    BACKENDS["etcd"] = EtcdBackend
+    CONTROLLER_STORES += (StoreConfig("etcd, 1 process", "etcd"),
+                          StoreConfig("etcd, 2 replicas", "etcd", replicas=2))
+
 Everything here blocks, like the rest of bench/ (L{redis_memory} spins the reactor itself).
 """
 

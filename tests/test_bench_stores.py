@@ -132,6 +132,13 @@ class ConfigTests(SynchronousTestCase):
             shapes = {(c.processes, c.replicas) for c in configs if c.backend == "redis"}
             self.assertEqual(shapes, {(1, 1), (2, 1), (1, 2)})
 
+    def test_shared_store_for_several(self):
+        """Several processes or replicas only on a shared store (the servers refuse else)."""
+        for configs in (st.REGISTRY_STORES, st.CONTROLLER_STORES):
+            for config in configs:
+                if config.processes > 1 or config.replicas > 1:
+                    self.assertNotEqual(config.backend, "memory", config.label)
+
     def test_counts_validated(self):
         """Processes and replicas are at least 1."""
         self.assertRaises(ValueError, st.StoreConfig, "x", processes=0)
