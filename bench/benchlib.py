@@ -814,7 +814,7 @@ class WrkResult:
     One wrk run, from its C{WRK_JSON} line: req/s, requests, p50/p99 in ms, socket errors,
     the counters the script keeps (C{counters}: non2xx, bad_status, first_bad_status,
     bad_length, conflicts, where it prints them; conflicts, the 409s of
-    bench/controller_put.lua, are counted but are no problem of the run), the CPU time the
+    bench/controller_update.lua, are counted but are no problem of the run), the CPU time the
     processes watched during the run used (C{cpu_ns}), and wrk's whole output.
     """
 

@@ -99,7 +99,7 @@ class WrkTests(SynchronousTestCase):
         self.assertNotEqual(empty.cpu_us, empty.cpu_us)  # NaN
 
     def test_conflicts_counted(self):
-        """controller_put.lua's 409s are kept among the counters, and are no problem."""
+        """controller_update.lua's 409s are kept among the counters, and are no problem."""
         result = bl.WrkResult.from_json(wrk_data(conflicts=4, bad_status=0,
                                                  first_bad_status=409))
         self.assertEqual(result.counters["conflicts"], 4)
@@ -131,7 +131,7 @@ class WrkTests(SynchronousTestCase):
         """Every wrk script the benchmarks name is in bench/, beside wrk_json.lua."""
         for script in ("wrk_json.lua", "proxy_wrk.lua", "controller_get.lua",
                        "registry_stats.lua", "registry_get.lua", "registry_heartbeat.lua",
-                       "registry_register.lua", "controller_put.lua"):
+                       "registry_register.lua", "controller_update.lua"):
             self.assertTrue(os.path.exists(os.path.join(bl.HERE, script)), script)
 
 

@@ -8,7 +8,7 @@
 --
 -- Each thread starts at a different place in the file.
 --
---   wrk -t2 -c4 -d2s --latency -s bench/controller_put.lua http://127.0.0.1:PORT -- BODIES
+--   wrk -t2 -c4 -d2s --latency -s bench/controller_update.lua http://127.0.0.1:PORT -- BODIES
 
 local here = debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./"
 dofile(here .. "wrk_json.lua")
