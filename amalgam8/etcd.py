@@ -9,8 +9,9 @@ Two APIs, one class each, both over several endpoint URLs with failover:
   every call is a C{POST} of a JSON body; keys and values are base64 in JSON and 64-bit
   integers are strings. L{EtcdV3.range} (and L{EtcdV3.range_all}, every page at one
   revision), L{EtcdV3.put}, L{EtcdV3.delete_range}, L{EtcdV3.txn} (with L{compare} and the
-  C{op_*} requests: an atomic compare-and-swap), leases (L{EtcdV3.lease_grant},
-  L{EtcdV3.lease_keepalive}, L{EtcdV3.lease_revoke}), L{EtcdV3.compact}, and
+  C{op_*} requests: an atomic compare-and-swap; a C{readonly} one fails over like a read),
+  leases (L{EtcdV3.lease_grant}, L{EtcdV3.lease_keepalive}, L{EtcdV3.lease_revoke}),
+  L{EtcdV3.compact}, and
   L{EtcdV3.watch}: a stream of C{{"result": ...}} JSON objects, one a line, read as
   L{WatchResult}s.
 - L{EtcdV2}: the v2 keys API (C{/v2/keys/...}; etcd 3.4 serves it with C{--enable-v2}):
@@ -684,16 +685,22 @@ class EtcdV3:
         return DeleteResult.from_json(await self._call(
             "kv/deleterange", _delete_body(key, range_end, prefix, prev_kv), False))
 
-    async def txn(self, compare=(), success=(), failure=()):
+    async def txn(self, compare=(), success=(), failure=(), readonly=False):
         """
         If every comparison (L{compare}) holds, run C{success}, else C{failure} (lists of
         L{op_range}, L{op_put}, L{op_delete}), atomically.
 
+        @param readonly: the requests only read (L{op_range}): the txn may then be sent to
+            the next endpoint when one fails, as a range is, since sending it twice changes
+            nothing.
         @return: a L{TxnResult}.
         """
         body = {"compare": list(compare), "success": list(success),
                 "failure": list(failure)}
-        return TxnResult.from_json(await self._call("kv/txn", body, False))
+        if readonly and any("request_range" not in op for op in body["success"]
+                            + body["failure"]):
+            raise ValueError("a readonly txn may hold only range requests")
+        return TxnResult.from_json(await self._call("kv/txn", body, readonly))
 
     async def compact(self, revision, physical=False):
         """
@@ -1062,12 +1069,17 @@ def _v2_error(decoded, status, url):
                 url=url)
 
 
-def etcd_http_client(reactor):
+def etcd_http_client(reactor, ca=None, connections_per_endpoint=None):
     """
     The production HTTP client of an etcd client: treq over a pooled C{Agent} that
     connects to IP addresses directly (L{amalgam8.client.DirectEndpoints}: a refused
     endpoint fails over at once).
 
+    @param ca: the path of a PEM file of the authorities that signed the certificates of
+        C{https} endpoints (L{None}: the system's).
+    @param connections_per_endpoint: the idle connections kept open to each endpoint
+        (L{None}: the pool's default, 2); a store that sends many requests at once keeps
+        more.
     @return: C{(HTTPClient, HTTPConnectionPool)}; close the pool's connections
         (C{closeCachedConnections}) when done.
     """
@@ -1080,7 +1092,17 @@ def etcd_http_client(reactor):
         # One "Starting factory" log line per connection is noise (as in client.py).
         noisy = False
 
+    tls = None
+    if ca is not None:
+        from twisted.internet import ssl
+
+        from amalgam8.adapters.kubernetes import trust_policy
+
+        with open(ca, "rb") as f:
+            tls = trust_policy(ssl.Certificate.loadPEM(f.read()))
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = QuietFactory
-    agent = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor), pool=pool)
+    if connections_per_endpoint is not None:
+        pool.maxPersistentPerHost = connections_per_endpoint
+    agent = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor, tls=tls), pool=pool)
     return HTTPClient(agent), pool

@@ -447,6 +447,32 @@ class FailoverTests(SynchronousTestCase):
         self.successResultOf(client.range("/k"))         # a read moves on
         self.assertEqual(self.routes.calls[-2:], [("POST", A), ("POST", B)])
 
+    def test_readonly_txn_moves_on(self):
+        """A txn marked readonly is sent to the next endpoint when the connection to the
+        first broke (as a read is); one that writes is not."""
+        self.b = Scripted([answer(dict(HEADER, succeeded=True))] * 2)
+        client = self.client("broken")
+        check = [compare("/k", "mod", "==", 3)]
+        result = self.successResultOf(ensureDeferred(client.txn(
+            check, [], [op_range("/k")], readonly=True)))
+        self.assertEqual((result.succeeded, result.revision), (True, 7))
+        self.assertEqual(self.routes.calls, [("POST", A), ("POST", B)])
+        client.endpoints.current = 0
+        failure = self.failureResultOf(ensureDeferred(client.txn(
+            check, [op_put("/k", "v")])), EtcdUnavailable)
+        self.assertTrue(failure.value.maybe_applied)
+        self.assertEqual(self.routes.calls[-1], ("POST", A))
+
+    def test_readonly_txn_only_reads(self):
+        """A readonly txn holding a put or a delete is refused before anything is sent."""
+        client = self.client("refused")
+        for op in (op_put("/k", "v"), op_delete("/k")):
+            self.failureResultOf(ensureDeferred(client.txn([], [op], readonly=True)),
+                                 ValueError)
+            self.failureResultOf(ensureDeferred(client.txn([], [], [op], readonly=True)),
+                                 ValueError)
+        self.assertEqual(self.routes.calls, [])
+
     def test_timeout(self):
         """An endpoint that does not answer in time is passed over (reads)."""
         client = self.client("hang")

@@ -6,6 +6,7 @@ C{twistd -n a8controller}: options, environment and the service tree of the cont
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
+from amalgam8.controller.store.etcd import DEFAULT_PREFIX, EtcdStore, parse_prefix
 from amalgam8.controller.store.redis import RedisStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
@@ -14,6 +15,7 @@ from amalgam8.server import server_parts
 from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
 from amalgam8.settings import SettingsOptions, check_server
 from amalgam8.settings import parse_duration_setting, parse_positive_int, parse_text
+from amalgam8.settings import parse_urls
 
 __all__ = ["SETTINGS", "Options", "makeService"]
 
@@ -22,30 +24,34 @@ def _database(text):
     kind = text.strip().lower()
     if kind in ("memory", "inmem", ""):
         return "memory"
-    if kind in ("file", "redis"):
+    if kind in ("file", "redis", "etcd"):
         return kind
-    if kind == "etcd":
-        raise ValueError("the etcd database is not available in this version "
-                         "(use memory, file or redis)")
-    raise ValueError("unknown database type {!r} (expected memory, file or redis)"
+    raise ValueError("unknown database type {!r} (expected memory, file, redis or etcd)"
                      .format(text))
 
 
 # The controller's settings (SPEC Part C): the servers' common ones, then its own.
 SETTINGS = SERVER_SETTINGS + (
     Setting("database-type", "A8_DATABASE_TYPE", _database, "memory",
-            "Where rules are kept: `memory`, `file`, or `redis` (shared by every controller "
-            "replica that uses the same Redis: docs/controller.md, 'The Redis store'). "
-            "`etcd` is reserved for a later version and refused."),
+            "Where rules are kept: `memory`, `file`, `redis` or `etcd` (`redis` and `etcd` "
+            "are shared by every controller replica on the same Redis database or etcd "
+            "cluster: docs/controller.md, 'The Redis store' and 'The etcd store')."),
     Setting("database-host", "A8_DATABASE_HOST", parse_text, None,
             "For `file`: the path of the rule file. For `redis`: `host:port` (port 6379 "
             "when left out) or a URL `redis://[:password@]host[:port][/database]` "
-            "(`rediss://` speaks TLS)."),
+            "(`rediss://` speaks TLS). For `etcd`: the client URLs of the cluster's "
+            "members, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`; "
+            "`https://` speaks TLS)."),
     Setting("database-password", "A8_DATABASE_PASSWORD", parse_text, None,
-            "For `redis`: the password (`AUTH`); beats one in the URL."),
+            "For `redis`: the password (`AUTH`); beats one in the URL. Refused for `etcd` "
+            "(etcd user authentication is not supported in this version)."),
     Setting("database-tls-ca", "A8_DATABASE_TLS_CA", parse_ca_file, None,
-            "For `redis` over TLS (`rediss://`): the PEM file of the authority that signed "
-            "the server's certificate (else the system's authorities)."),
+            "For `redis` over TLS (`rediss://`) and `etcd` over `https://`: the PEM file "
+            "of the authority that signed the server's certificate (else the system's "
+            "authorities)."),
+    Setting("database-prefix", "A8_DATABASE_PREFIX", parse_prefix, DEFAULT_PREFIX,
+            "For `etcd`: the key prefix the rules are kept under (replicas share rules when "
+            "they share it)."),
     Setting("trace-capacity", "A8_TRACE_CAPACITY", parse_positive_int, "100000",
             "Trace records kept per namespace (the oldest are dropped)."),
     Setting("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", parse_duration_setting,
@@ -86,8 +92,30 @@ class Options(SettingsOptions):
                     e, self.loaded.origins("database-type", "database-host")))
             # Made by makeService, which has the reactor.
             self["rule-store"] = None
+        elif self["database-type"] == "etcd":
+            self._check_etcd()
         else:
             self["rule-store"] = MemoryStore()
+
+    def _check_etcd(self):
+        where = self.loaded.origins("database-type", "database-host")
+        try:
+            urls = parse_urls(self["database-host"] or "")
+        except ValueError as e:
+            raise SettingError("--database-type etcd: --database-host: {}{}".format(e, where))
+        if not urls:
+            raise SettingError(
+                "--database-type etcd needs --database-host with the etcd client URLs "
+                "(A8_DATABASE_HOST=http://HOST:2379[,...]){}".format(where))
+        if self["database-password"]:
+            raise SettingError(
+                "--database-type etcd: --database-password is not supported (etcd user "
+                "authentication is not in this version: use https:// with "
+                "--database-tls-ca, or a private network){}".format(
+                    self.loaded.origins("database-password")))
+        self["etcd-urls"] = tuple(urls.split(","))
+        # Made by makeService, which has the reactor.
+        self["rule-store"] = None
 
 
 def makeService(options, reactor=None):
@@ -95,8 +123,15 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     parts = server_parts("controller", options, reactor)
+    shared = False
     if options.get("redis-address") is not None:
         store = RedisStore(reactor, options["redis-address"])
+        shared = True
+    elif options.get("etcd-urls"):
+        store = EtcdStore.from_settings(reactor, options["etcd-urls"],
+                                        prefix=options["database-prefix"],
+                                        ca=options["database-tls-ca"])
+        shared = True
     else:
         store = options.get("rule-store") or MemoryStore()
     store.setServiceParent(parts.top)
@@ -110,4 +145,4 @@ def makeService(options, reactor=None):
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
     )
-    return parts.serve(api.resource(), shared_store=options.get("redis-address") is not None)
+    return parts.serve(api.resource(), shared_store=shared)
