@@ -489,8 +489,11 @@ class _Endpoints:
         if timeout is _DEFAULT:
             timeout = self.timeout
         attempts = []
+        # From the endpoint that answered last, each once (another request may move
+        # self.current meanwhile).
+        first = self.current
         for step in range(len(self.urls)):
-            index = (self.current + step) % len(self.urls)
+            index = (first + step) % len(self.urls)
             url = self.urls[index]
             timed_out = []
             d = self.http.request(method, url + path, data=data, headers=headers,
@@ -633,29 +636,32 @@ class EtcdV3:
     def urls(self):
         return self.endpoints.urls
 
-    async def _call(self, path, body, idempotent):
+    async def _call(self, path, body, idempotent, timeout=_DEFAULT):
         data = json.dumps(body).encode("utf-8")
         url, response = await self.endpoints.request(
             "POST", "/v3/" + path, data=data,
-            headers={b"Content-Type": [b"application/json"]}, idempotent=idempotent)
+            headers={b"Content-Type": [b"application/json"]}, idempotent=idempotent,
+            timeout=timeout)
         content = await _content(response, url)
         if response.code != 200:
             raise _v3_error(content, response.code, url)
         return _json_object(content, response.code, url)
 
     async def range(self, key, range_end=None, prefix=False, revision=None, limit=None,
-                    keys_only=False, serializable=False, count_only=False):
+                    keys_only=False, serializable=False, count_only=False,
+                    timeout=_DEFAULT):
         """
         The keys from C{key} to C{range_end} (exclusive), or every key under C{key} with
         C{prefix}, or C{key} alone.
 
         @param revision: read at that revision (L{None}: the latest).
+        @param timeout: seconds each endpoint has to answer (default: the client's).
         @return: a L{RangeResult}.
         @raise Compacted: C{revision} is compacted.
         """
         body = _range_body(key, range_end, prefix, revision, limit, keys_only, serializable,
                            count_only)
-        return RangeResult.from_json(await self._call("kv/range", body, True))
+        return RangeResult.from_json(await self._call("kv/range", body, True, timeout))
 
     async def range_all(self, key, range_end=None, prefix=False, page=1000):
         """
@@ -685,7 +691,8 @@ class EtcdV3:
         return DeleteResult.from_json(await self._call(
             "kv/deleterange", _delete_body(key, range_end, prefix, prev_kv), False))
 
-    async def txn(self, compare=(), success=(), failure=(), readonly=False):
+    async def txn(self, compare=(), success=(), failure=(), readonly=False,
+                  timeout=_DEFAULT):
         """
         If every comparison (L{compare}) holds, run C{success}, else C{failure} (lists of
         L{op_range}, L{op_put}, L{op_delete}), atomically.
@@ -693,6 +700,7 @@ class EtcdV3:
         @param readonly: the requests only read (L{op_range}): the txn may then be sent to
             the next endpoint when one fails, as a range is, since sending it twice changes
             nothing.
+        @param timeout: seconds each endpoint has to answer (default: the client's).
         @return: a L{TxnResult}.
         """
         body = {"compare": list(compare), "success": list(success),
@@ -700,7 +708,7 @@ class EtcdV3:
         if readonly and any("request_range" not in op for op in body["success"]
                             + body["failure"]):
             raise ValueError("a readonly txn may hold only range requests")
-        return TxnResult.from_json(await self._call("kv/txn", body, readonly))
+        return TxnResult.from_json(await self._call("kv/txn", body, readonly, timeout))
 
     async def compact(self, revision, physical=False):
         """

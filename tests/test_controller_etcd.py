@@ -107,6 +107,10 @@ class LossyClient:
         applied;
       - C{"down"}: refused (certainly not sent), as by a stopped etcd;
       - C{"gate"}: sent once the test fires L{gate}.
+
+    and for the reads (ranges, readonly transactions), one L{read_plan} entry each:
+    C{"503"} (an endpoint answered 503, as while etcd elects a leader) or C{"refused"} (no
+    endpoint could be reached).
     """
 
     def __init__(self, client):
@@ -115,12 +119,31 @@ class LossyClient:
         self.held = []
         self.writes = 0
         self.gate = Deferred()
+        self.read_plan = []
+        self.reads = 0
+
+    def _reading(self):
+        self.reads += 1
+        what = self.read_plan.pop(0) if self.read_plan else None
+        if what == "503":
+            raise EtcdUnavailable("etcdserver: leader changed", status=503,
+                                  attempts=[("http://x", "HTTP 503: leader changed")])
+        if what == "refused":
+            raise EtcdUnavailable("no etcd endpoint answered: http://x: Connection was "
+                                  "refused by other side", attempts=[
+                ("http://x", "Connection was refused by other side")])
+
+    async def range(self, *args, **kwargs):
+        self._reading()
+        return await self._client.range(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
-    async def txn(self, compare=(), success=(), failure=(), readonly=False):
-        if not readonly and any("request_put" in op for op in success):
+    async def txn(self, compare=(), success=(), failure=(), readonly=False, **kwargs):
+        if readonly:
+            self._reading()
+        elif any("request_put" in op for op in success):
             self.writes += 1
             what = self.plan.pop(0) if self.plan else None
             if what == "gate":
@@ -134,7 +157,8 @@ class LossyClient:
                 raise EtcdUnavailable("connection refused (test)")
             if what is not None:
                 raise EtcdUnavailable("the connection broke (test)", maybe_applied=True)
-        return await self._client.txn(compare, success, failure, readonly=readonly)
+        return await self._client.txn(compare, success, failure, readonly=readonly,
+                                      **kwargs)
 
 
 class EtcdRuleReplicaTests(EtcdStoreCase, SynchronousTestCase):
@@ -376,6 +400,41 @@ class EtcdLostAnswerTests(EtcdStoreCase, SynchronousTestCase):
         self.assertIn("is unavailable", failure.value.message)
         self.assertEqual(self.stored(), (1, ["a"]))
         self.assertEqual(self.lossy.writes, 1)
+
+
+class EtcdElectionReadTests(EtcdStoreCase, SynchronousTestCase):
+    """Reads while etcd cannot serve (503: it elects a leader) or cannot be reached."""
+
+    def setUp(self):
+        self.setUpLater()
+        self.lossy = LossyClient(self.v3)
+        self.store = self.rule_store(start=True, client=self.lossy, election_grace=2.0)
+        self.result(self.rule_store(start=True).put("default", 0, [route_rule("a")]))
+        self.lossy.reads = 0
+
+    def test_through_an_election(self):
+        """A read answered 503 is tried again, and answered once etcd serves again."""
+        self.lossy.read_plan = ["503", "503"]
+        ruleset = self.result(self.store.get("default"))
+        self.assertEqual((ruleset.revision, [r["id"] for r in ruleset.rules]), (1, ["a"]))
+        self.assertEqual(self.lossy.reads, 3)
+
+    def test_unreachable_at_once(self):
+        """A read no endpoint could be reached for fails at once with StoreUnavailable."""
+        self.lossy.read_plan = ["refused"]
+        failure = self.failed(self.store.get("default"), StoreUnavailable)
+        self.assertIn("refused", failure.value.message)
+        self.assertEqual(self.lossy.reads, 1)
+
+    def test_gives_up(self):
+        """A read still answered 503 after election_grace fails with StoreUnavailable."""
+        self.store.election_grace = 0.3
+        self.lossy.read_plan = ["503"] * 100
+        started = time.monotonic()
+        failure = self.failed(self.store.get("default"), StoreUnavailable)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertIn("leader changed", failure.value.message)
+        self.assertGreater(self.lossy.reads, 2)
 
 
 class PrefixTests(SynchronousTestCase):

@@ -447,6 +447,18 @@ class FailoverTests(SynchronousTestCase):
         self.successResultOf(client.range("/k"))         # a read moves on
         self.assertEqual(self.routes.calls[-2:], [("POST", A), ("POST", B)])
 
+    def test_each_endpoint_once(self):
+        """A request tries each endpoint once, in order from where it began, even when
+        another request moves the current endpoint meanwhile."""
+        c = "http://c:2379"
+        self.routes = Routes({A: "hang", B: "refused", c: StubTreq(self.b)})
+        client = EtcdV3(self.routes, [A, B, c], self.clock, timeout=5)
+        d = ensureDeferred(client.range("/k"))
+        client.endpoints.current = 2         # another request found c meanwhile
+        self.clock.advance(5)
+        self.assertEqual(self.successResultOf(d).revision, 7)
+        self.assertEqual(self.routes.calls, [("POST", A), ("POST", B), ("POST", c)])
+
     def test_readonly_txn_moves_on(self):
         """A txn marked readonly is sent to the next endpoint when the connection to the
         first broke (as a read is); one that writes is not."""

@@ -128,7 +128,8 @@ class EtcdStore(Service):
     log = Logger()
 
     def __init__(self, client, clock, prefix=DEFAULT_PREFIX, history=1000,
-                 resolve_timeout=10.0, retry=(0.05, 1.0), pool=None, random=random.random):
+                 resolve_timeout=10.0, attempt_timeout=1.0, election_grace=3.0,
+                 retry=(0.05, 1.0), pool=None, random=random.random):
         """
         @param client: an L{amalgam8.etcd.EtcdV3}.
         @param clock: the C{IReactorTime} of the watch's retries and of resolving lost
@@ -138,7 +139,13 @@ class EtcdStore(Service):
             resolved while its record is there).
         @param resolve_timeout: how long a lost write is tried to be resolved before the
             caller gets L{StoreUnconfirmed}.
-        @param retry: the first and the longest pause between attempts to watch again.
+        @param attempt_timeout: how long one endpoint has to answer a read or a write (a
+            member that lost its leader may hold a request for seconds: the next one is
+            asked instead, or the write resolved).
+        @param election_grace: how long a read is tried again while etcd answers but
+            cannot serve (503, no answer in time), as while it elects a leader.
+        @param retry: the first and the longest pause between attempts to watch again (and
+            between the attempts of a read or of resolving a write).
         @param pool: the C{HTTPConnectionPool} of the client, closed on stop (L{None}: not
             this store's).
         @param random: C{() -> float in [0, 1)}, the retries' jitter.
@@ -148,6 +155,8 @@ class EtcdStore(Service):
         self.prefix = parse_prefix(prefix)
         self.history = history
         self.resolve_timeout = resolve_timeout
+        self.attempt_timeout = attempt_timeout
+        self.election_grace = election_grace
         self.retry = retry
         self._pool = pool
         self._random = random
@@ -324,22 +333,40 @@ class EtcdStore(Service):
         return (await self._read(namespace)).ruleset
 
     async def _read(self, namespace):
+        """
+        Read C{namespace}'s rules key (nothing comes back when it is the one held). While
+        etcd answers but cannot serve (it elects a leader: 503, or no answer in
+        C{attempt_timeout}) the read is tried again, for at most C{election_grace}
+        seconds; when no endpoint can be reached at all it fails at once.
+
+        @return: the L{_Held}.
+        @raise StoreUnavailable: it could not be read.
+        """
         key = self._key(namespace)
-        held = self._held.get(namespace)
-        try:
-            if held is None:
-                kvs = (await self.client.range(key)).kvs
-            else:
-                result = await self.client.txn(
-                    [compare(key, "mod", "==", held.mod)], [], [op_range(key)],
-                    readonly=True)
-                if result.succeeded:
-                    self._note(namespace, held.ruleset.revision, bool(held.ruleset.rules))
-                    return held
-                kvs = result.responses[0].kvs
-        except EtcdError as e:
-            raise self._unavailable(e, "reading the rules of {}".format(namespace))
-        return self._keep(namespace, kvs[0] if kvs else None)
+        deadline = self.clock.seconds() + self.election_grace
+        delay = self.retry[0]
+        while True:
+            held = self._held.get(namespace)
+            try:
+                if held is None:
+                    kvs = (await self.client.range(key, timeout=self.attempt_timeout)).kvs
+                else:
+                    result = await self.client.txn(
+                        [compare(key, "mod", "==", held.mod)], [], [op_range(key)],
+                        readonly=True, timeout=self.attempt_timeout)
+                    if result.succeeded:
+                        self._note(namespace, held.ruleset.revision,
+                                   bool(held.ruleset.rules))
+                        return held
+                    kvs = result.responses[0].kvs
+            except EtcdError as e:
+                if not (_electing(e) and self.running
+                        and self.clock.seconds() + delay < deadline):
+                    raise self._unavailable(e, "reading the rules of {}".format(namespace))
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry[1])
+                continue
+            return self._keep(namespace, kvs[0] if kvs else None)
 
     def put(self, namespace, revision, rules):
         return self._run(self._put(namespace, revision, list(rules)))
@@ -360,7 +387,8 @@ class EtcdStore(Service):
         for _ in range(_FENCES):
             try:
                 result = await self.client.txn([compare(key, "mod", "==", held.mod)],
-                                               writes, [op_range(key)])
+                                               writes, [op_range(key)],
+                                               timeout=self.attempt_timeout)
             except EtcdError as e:
                 _refused(e, namespace)
                 if isinstance(e, EtcdUnavailable) and not e.maybe_applied:
@@ -413,7 +441,7 @@ class EtcdStore(Service):
             try:
                 result = await self.client.txn(
                     [compare(key, "mod", "==", held.mod)], [op_put(key, held.value)],
-                    [op_range(key), op_range(record)])
+                    [op_range(key), op_range(record)], timeout=self.attempt_timeout)
             except EtcdError as e:
                 if self.clock.seconds() + delay > deadline or not self.running:
                     raise StoreUnconfirmed(
@@ -665,6 +693,19 @@ def _refused(error, namespace):
                 namespace, error.message))
     raise StoreUnavailable("etcd refused the rules of {}: {}; nothing changed".format(
         namespace, error.message))
+
+
+def _electing(error):
+    """
+    Whether C{error} says etcd is there but cannot serve now (an election): an endpoint
+    answered 503 or did not answer in time, rather than every one refusing the connection.
+    """
+    if not isinstance(error, EtcdUnavailable):
+        return False
+    if error.status == 503:
+        return True
+    return any(why.startswith(("HTTP 503", "no answer within"))
+               for _url, why in error.attempts)
 
 
 def _why(error):
