@@ -15,7 +15,7 @@ import uuid
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -109,8 +109,8 @@ class LossyClient:
       - C{"gate"}: sent once the test fires L{gate}.
 
     and for the reads (ranges, readonly transactions), one L{read_plan} entry each:
-    C{"503"} (an endpoint answered 503, as while etcd elects a leader) or C{"refused"} (no
-    endpoint could be reached).
+    C{"503"} (an endpoint answered 503, as while etcd elects a leader), C{"refused"} (no
+    endpoint could be reached) or C{"gate"} (sent once the test fires L{gate}).
     """
 
     def __init__(self, client):
@@ -122,9 +122,11 @@ class LossyClient:
         self.read_plan = []
         self.reads = 0
 
-    def _reading(self):
+    async def _reading(self):
         self.reads += 1
         what = self.read_plan.pop(0) if self.read_plan else None
+        if what == "gate":
+            await self.gate
         if what == "503":
             raise EtcdUnavailable("etcdserver: leader changed", status=503,
                                   attempts=[("http://x", "HTTP 503: leader changed")])
@@ -134,7 +136,7 @@ class LossyClient:
                 ("http://x", "Connection was refused by other side")])
 
     async def range(self, *args, **kwargs):
-        self._reading()
+        await self._reading()
         return await self._client.range(*args, **kwargs)
 
     def __getattr__(self, name):
@@ -142,7 +144,7 @@ class LossyClient:
 
     async def txn(self, compare=(), success=(), failure=(), readonly=False, **kwargs):
         if readonly:
-            self._reading()
+            await self._reading()
         elif any("request_put" in op for op in success):
             self.writes += 1
             what = self.plan.pop(0) if self.plan else None
@@ -435,6 +437,65 @@ class EtcdElectionReadTests(EtcdStoreCase, SynchronousTestCase):
         self.assertLess(time.monotonic() - started, 2)
         self.assertIn("leader changed", failure.value.message)
         self.assertGreater(self.lossy.reads, 2)
+
+
+class EtcdSharedReadTests(EtcdStoreCase, SynchronousTestCase):
+    """Reads of one namespace at once share etcd's reads, and none answers stale."""
+
+    def setUp(self):
+        self.setUpLater()
+        self.lossy = LossyClient(self.v3)
+        self.store = self.rule_store(start=True, client=self.lossy)
+        self.other = self.rule_store(start=True)
+        self.result(self.other.put("default", 0, [route_rule("a")]))
+        self.later.flush()
+        self.lossy.reads = 0
+
+    def test_shared(self):
+        """Fifty reads at once cost etcd two reads (the first, then one for the rest)."""
+        reads = [self.store.get("default") for _ in range(50)]
+        self.result(gatherResults(reads))
+        self.assertEqual({d.result.revision for d in reads}, {1})
+        self.assertEqual(self.lossy.reads, 2)
+
+    def test_never_stale(self):
+        """A read asked for after a change was made is answered by a read sent after it,
+        even while an earlier read is still with etcd."""
+        self.lossy.read_plan = ["gate"]
+        first = self.store.get("default")             # with etcd, held
+        self.result(self.other.put("default", 1, [route_rule("b")]))
+        second = self.store.get("default")            # asked after the change
+        self.assertNoResult(second)
+        self.lossy.gate.callback(None)
+        ruleset = self.result(second)
+        self.assertEqual((ruleset.revision, [r["id"] for r in ruleset.rules]), (2, ["b"]))
+        self.result(first)
+        self.assertEqual(self.lossy.reads, 2)
+
+    def test_cancelled_reader(self):
+        """A reader that goes away does not take the shared read with it."""
+        self.lossy.read_plan = ["gate"]
+        first = self.store.get("default")
+        second = self.store.get("default")
+        third = self.store.get("default")
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        self.lossy.gate.callback(None)
+        self.assertEqual(self.result(first).revision, 1)
+        self.assertEqual(self.result(third).revision, 1)
+
+    def test_failure_to_each(self):
+        """A shared read that fails fails every caller it was for, each with
+        StoreUnavailable; the next read is a fresh one."""
+        self.lossy.read_plan = ["gate", "refused"]
+        first = self.store.get("default")
+        rest = [self.store.get("default") for _ in range(3)]
+        self.lossy.gate.callback(None)
+        self.assertEqual(self.result(first).revision, 1)
+        for d in rest:
+            self.failed(d, StoreUnavailable)
+        self.assertEqual(self.lossy.reads, 2)
+        self.assertEqual(self.result(self.store.get("default")).revision, 1)
 
 
 class PrefixTests(SynchronousTestCase):

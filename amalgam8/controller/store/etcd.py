@@ -44,6 +44,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from amalgam8.controller.model import RuleSet, encode
@@ -168,6 +169,8 @@ class EtcdStore(Service):
         self._namespaces = set()
         self._busy = 0
         self._calls = {}         # {Deferred fired at its end: the call if internal}
+        self._reading = {}       # {namespace: the read of it with etcd}
+        self._readers = {}       # {namespace: [callers of get waiting for the next read]}
         self._from = None        # the etcd revision the watch goes on from (None: list)
         self._seen = 0           # the etcd revision the watch has delivered up to
         self._watch = None
@@ -195,6 +198,7 @@ class EtcdStore(Service):
 
     def startService(self):
         Service.startService(self)
+        self.stopping = None
         self._following = Deferred.fromCoroutine(self._follow())
         self._following.addErrback(lambda f: self.log.failure(
             "the rule store's watch of etcd stopped", f))
@@ -327,10 +331,46 @@ class EtcdStore(Service):
         return d.addBoth(done)
 
     def get(self, namespace):
-        return self._run(self._get(namespace))
+        """
+        The namespace's current rules. Reads of one namespace that come while one is with
+        etcd share the next read, sent as soon as that one is answered: each caller is
+        answered by a read sent after it asked (so it sees every change made before), and
+        etcd gets one read of a namespace at a time however many callers there are.
+        """
+        waiter = Deferred(lambda d: self._forget_reader(namespace, d))
+        self._readers.setdefault(namespace, []).append(waiter)
+        if namespace not in self._reading:
+            self._next_read(namespace)
+        return waiter
 
-    async def _get(self, namespace):
-        return (await self._read(namespace)).ruleset
+    def _forget_reader(self, namespace, waiter):
+        waiting = self._readers.get(namespace)
+        if waiting and waiter in waiting:
+            waiting.remove(waiter)
+
+    def _next_read(self, namespace):
+        """Send one read for every caller waiting on C{namespace} now."""
+        waiting = self._readers.pop(namespace, [])
+        if not waiting:
+            self._reading.pop(namespace, None)
+            return
+        if self.stopping is not None:
+            self._reading.pop(namespace, None)
+            for waiter in waiting:
+                waiter.errback(StoreUnavailable("the rule store is stopping"))
+            return
+        self._reading[namespace] = d = self._run(self._read(namespace))
+
+        def answered(result):
+            for waiter in waiting:
+                if not waiter.called:
+                    if isinstance(result, Failure):
+                        waiter.errback(result)
+                    else:
+                        waiter.callback(result.ruleset)
+            self._next_read(namespace)
+
+        d.addBoth(answered)
 
     async def _read(self, namespace):
         """
