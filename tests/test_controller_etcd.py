@@ -28,7 +28,7 @@ from amalgam8.errors import Conflict, PayloadTooLarge, StoreUnavailable, StoreUn
 from amalgam8.etcd import EtcdUnavailable, EtcdV3, etcd_http_client
 from amalgam8.interfaces import IRuleStore
 from amalgam8.testing.controller import action_rule, route_rule, rule_store_tests
-from amalgam8.testing.etcd import etcd_missing, shared_etcd, start_etcd
+from amalgam8.testing.etcd import SharedEtcd, etcd_missing, shared_etcd, start_etcd
 from amalgam8.testing.redis import Settle, spin
 from tests.helpers import ServerProcess, child_environment, twistd_command
 
@@ -578,6 +578,64 @@ class EtcdOutageTests(TestCase):
         other = self.store()
         await other.put("default", 1, [route_rule("b")])
         self.assertEqual(await waiter.addTimeout(5, reactor), 2)
+
+
+class EtcdTLSTests(TestCase):
+    """The store over https, checking etcd's certificate against the CA it is given."""
+
+    timeout = 30
+    if _missing:
+        skip = _missing
+
+    authority = None
+
+    def setUp(self):
+        from amalgam8.testing.kubernetes import TestCA
+
+        if EtcdTLSTests.authority is None:          # made once: RSA keys take a while
+            EtcdTLSTests.authority = TestCA()
+        authority = EtcdTLSTests.authority
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.ca = os.path.join(directory, "ca.pem")
+        certificate = os.path.join(directory, "etcd.crt")
+        key = os.path.join(directory, "etcd.key")
+        split = authority.server_pem.index(b"-----BEGIN CERTIFICATE-----")
+        for path, data in ((self.ca, authority.ca_pem), (key, authority.server_pem[:split]),
+                           (certificate, authority.server_pem[split:])):
+            with open(path, "wb") as f:
+                f.write(data)
+        self.etcd = SharedEtcd(os.path.join(directory, "etcd"),
+                               tls=(certificate, key, self.ca))
+        self.etcd.start()
+        self.addCleanup(self.etcd.stop)
+
+    def store(self, ca):
+        store = EtcdStore.from_settings(reactor, self.etcd.urls, ca=ca)
+        store.startService()
+        self.addCleanup(store.stopService)
+        return store
+
+    async def test_trusted(self):
+        """With the CA of etcd's certificate, the store works over https (watch too)."""
+        self.assertTrue(self.etcd.urls[0].startswith("https://"))
+        store = self.store(self.ca)
+        waiter = store.wait_for_change("default", 0)
+        await store.put("default", 0, [route_rule("a")])
+        self.assertEqual(await waiter.addTimeout(5, reactor), 1)
+        self.assertEqual([r["id"] for r in (await store.get("default")).rules], ["a"])
+
+    async def test_untrusted(self):
+        """Without it (the system's authorities), etcd's certificate is refused: reads and
+        writes fail with StoreUnavailable, and nothing is written."""
+        store = self.store(None)
+        error = await self.assertFailure(store.get("default"), StoreUnavailable)
+        self.assertIn("certificate", error.message)
+        error = await self.assertFailure(store.put("default", 0, [route_rule("a")]),
+                                         StoreUnavailable)
+        self.assertNotIsInstance(error, StoreUnconfirmed)     # certainly not sent
+        trusted = self.store(self.ca)
+        self.assertEqual((await trusted.get("default")).revision, 0)
 
 
 class EtcdReplicaProcessTests(TestCase):

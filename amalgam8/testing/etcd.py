@@ -118,10 +118,11 @@ class EtcdMember:
     data_dir: str
     log_path: str
     process: object = None
+    scheme: str = "http"
 
     @property
     def client_url(self):
-        return "http://{}:{}".format(HOST, self.client_port)
+        return "{}://{}:{}".format(self.scheme, HOST, self.client_port)
 
     @property
     def peer_url(self):
@@ -367,11 +368,14 @@ class SharedEtcd:
     not run, nor reap it), in C{directory}; it is sent SIGTERM if the test process dies.
 
     @ivar member: its L{EtcdMember}.
+    @ivar tls: L{None}, or C{(certificate file, key file, CA file)}: the client URL is then
+        C{https} with that certificate (checked against that CA when waiting for it).
     """
 
-    def __init__(self, directory, executable=ETCD):
+    def __init__(self, directory, executable=ETCD, tls=None):
         self.directory = os.path.abspath(directory)
         self.executable = executable
+        self.tls = tls
         self.member = None
         self.process = None
 
@@ -397,10 +401,18 @@ class SharedEtcd:
             client, peer = free_ports(2)
             self.member = EtcdMember(
                 "shared", client, peer, os.path.join(self.directory, "shared.data"),
-                os.path.join(self.directory, "etcd-shared.log"))
+                os.path.join(self.directory, "etcd-shared.log"),
+                scheme="https" if self.tls else "http")
             env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+            extra = []
+            context = None
+            if self.tls:
+                import ssl
+
+                extra = ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
+                context = ssl.create_default_context(cafile=self.tls[2])
             argv = self.member.argv(self.executable,
-                                    "shared={}".format(self.member.peer_url), "new")
+                                    "shared={}".format(self.member.peer_url), "new", extra)
             with open(self.member.log_path, "ab") as log:
                 self.process = subprocess.Popen(
                     argv, cwd=self.directory, env=env, stdin=subprocess.DEVNULL,
@@ -409,7 +421,7 @@ class SharedEtcd:
             while self.process.poll() is None and time.monotonic() < deadline:
                 try:
                     with urllib.request.urlopen(self.member.client_url + "/health",
-                                                timeout=1) as answer:
+                                                timeout=1, context=context) as answer:
                         if b'"true"' in answer.read():
                             return self
                 except OSError:
