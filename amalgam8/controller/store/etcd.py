@@ -32,7 +32,14 @@ reads held on all of them. A broken watch is created again from the revision aft
 one seen (etcd replays what was missed); when that revision is compacted the replica lists
 the namespaces again. Reads are linearizable: a read of rules this replica holds already is
 a transaction comparing the key's C{mod_revision} (nothing comes back when nothing changed),
-so an encoding cached for a revision is always that revision's.
+so an encoding cached for a revision is always that revision's; the reads of one namespace
+that come while one is with etcd share the next one.
+
+Each request to etcd gives an endpoint C{attempt_timeout} seconds (a member that lost its
+leader holds requests for seconds): a read then goes to the next endpoint, and is tried
+again while etcd answers but cannot serve (503) for C{election_grace} seconds; a write is
+resolved as above. When no endpoint can be reached at all, reads and writes fail at once
+with L{StoreUnavailable} (503).
 """
 
 import json
