@@ -315,8 +315,9 @@ class RedisAddress:
             text += " (master {})".format(self.master)
         return text
 
-    def endpoint(self, reactor):
-        """The client endpoint of the server (TLS-wrapped when asked)."""
+    def endpoint(self, reactor, timeout=5):
+        """The client endpoint of the server (TLS-wrapped when asked), giving up on a
+        connection attempt after C{timeout} seconds."""
         if self.host is None:
             raise ValueError("the Sentinels name the server: ask them first")
         try:
@@ -324,11 +325,11 @@ class RedisAddress:
         except ValueError:
             ip = None
         if ip is None:
-            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
+            endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
         elif ip.version == 4:
-            endpoint = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=5)
+            endpoint = TCP4ClientEndpoint(reactor, self.host, self.port, timeout=timeout)
         else:
-            endpoint = TCP6ClientEndpoint(reactor, self.host, self.port, timeout=5)
+            endpoint = TCP6ClientEndpoint(reactor, self.host, self.port, timeout=timeout)
         if self.tls:
             from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 
@@ -826,7 +827,9 @@ class RedisLink(Service):
             return result
 
         host, port = sentinel
-        d = RedisAddress(host, port).endpoint(self.reactor).connect(_Question(self))
+        endpoint = RedisAddress(host, port).endpoint(self.reactor,
+                                                     timeout=self.sentinel_timeout)
+        d = endpoint.connect(_Question(self))
         d.addCallback(connected).addCallback(ask)
         d.addTimeout(self.sentinel_timeout, self.reactor)
         return d.addBoth(close)
