@@ -201,6 +201,21 @@ class RedisServer:
             time.sleep(0.01)
         return self
 
+    def wait_watching(self, replicas=1, sentinels=0, timeout=10):
+        """For a Sentinel: wait until it knows C{replicas} replicas of its master and
+        C{sentinels} other Sentinels (they find each other within about 2 s), so that a
+        failover can be voted and has a replica to promote."""
+        deadline = time.monotonic() + timeout
+        while True:
+            known = self.command("SENTINEL", "replicas", self.master_name)
+            others = self.command("SENTINEL", "sentinels", self.master_name)
+            if len(known) >= replicas and len(others) >= sentinels:
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel on {} knows {} replicas and {} Sentinels"
+                                   .format(self.port, len(known), len(others)))
+            time.sleep(0.02)
+
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
