@@ -177,15 +177,29 @@ class RedisFailoverTests(ServerProcesses, TestCase):
     async def test_registry_follows_failover(self):
         """
         Registrations by four writers through an a8registry on one Sentinel while the
-        master is killed: the registry follows the promoted replica and serves; every
-        instance whose registration got 201 is listed afterwards, or its heartbeat gets
-        410 and registering it again succeeds and lists it.
+        master is killed: the registry follows the promoted replica and serves; no read
+        saw the index go backwards; every instance whose registration got 201 is listed
+        afterwards, or its heartbeat gets 410 and registering it again succeeds and lists
+        it.
         """
         sentinels = self.sentinels(1)
         base = await self.spawn("a8registry", {
             "A8_STORE": "redis", "A8_STORE_SENTINELS": sentinels,
             "A8_STORE_MASTER": "a8master"})
         instances = base + "/api/v1/instances"
+        seen = []
+        reading = [True]
+
+        async def read():
+            while reading[0]:
+                response, content = await self.call("GET", instances)
+                if response.code == 200:
+                    seen.append(int(response.headers.getRawHeaders(b"a8-index")[0]))
+                else:
+                    self.assertEqual(response.code, 503, content)
+                await sleep(0.01)
+
+        reader = Deferred.fromCoroutine(read())
 
         def body(n):
             return {"service_name": "reviews", "ttl": 60,
@@ -199,6 +213,9 @@ class RedisFailoverTests(ServerProcesses, TestCase):
             return response.code, None
 
         results, back = await self.burst(write)
+        reading[0] = False
+        await reader
+        self.assertEqual(seen, sorted(seen), "a read saw the index go backwards")
         acknowledged = {n: value for n, code, value, _ in results if code == 201}
         response, content = await self.call("GET", instances + "?service_name=reviews")
         self.assertEqual(response.code, 200, content)
