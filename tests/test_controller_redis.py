@@ -155,6 +155,7 @@ class RedisRuleReplicaTests(RedisCase, SynchronousTestCase):
         self.assertEqual(self.result(self.two.get("default")).revision, 4)
         self.assertEqual(self.result(self.two.put("default", 4, [route_rule("x")])).revision,
                          5)
+        self.later.flush()                          # one learns of it from the message
         self.assertEqual(self.one.namespaces(), ["default"])
 
     def test_revision_never_backwards_after_lost_write(self):
