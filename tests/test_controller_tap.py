@@ -74,6 +74,9 @@ GOOD = [
     ("metrics-token", "A8_METRICS_TOKEN", "scrape", "scrape"),
     ("database-type", "A8_DATABASE_TYPE", "memory", "memory"),
     ("database-password", "A8_DATABASE_PASSWORD", "pw", "pw"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379, [::1]:26380",
+     (("s1", 26379), ("::1", 26380))),
+    ("database-master", "A8_DATABASE_MASTER", "a8", "a8"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "500", 500),
     ("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", "1m30s", 90.0),
 ]
@@ -87,6 +90,9 @@ BAD = [
     ("database-type", "A8_DATABASE_TYPE", "mongo"),
     ("database-type", "A8_DATABASE_TYPE", "etcd"),
     ("database-tls-ca", "A8_DATABASE_TLS_CA", "/no/such/ca.pem"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379,s2:0"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "::1:26379"),
+    ("database-master", "A8_DATABASE_MASTER", "a\tb"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "lots"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "0"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "-5"),
@@ -559,6 +565,44 @@ class RedisDatabaseTests(OptionsTestCase):
                            names=["--database-host"])
         self.parse_bad(environ={"A8_DATABASE_TYPE": "redis", "A8_DATABASE_HOST": "h:0"},
                        names=["A8_DATABASE_HOST"])
+
+    def test_sentinels(self):
+        """--database-sentinels with --database-master make an address of the master the
+        Sentinels name (database 0, the password given)."""
+        options = self.parse(["--database-type", "redis", "--database-sentinels",
+                              "s1:26379,s2:26380", "--database-master", "a8",
+                              "--database-password", "pw"])
+        self.assertEqual(options["redis-address"], RedisAddress.of_sentinels(
+            [("s1", 26379), ("s2", 26380)], "a8", password="pw"))
+        options = self.parse(environ={"A8_DATABASE_TYPE": "redis",
+                                      "A8_DATABASE_SENTINELS": "s:26379",
+                                      "A8_DATABASE_MASTER": "a8"})
+        self.assertEqual(options["redis-address"].sentinels, (("s", 26379),))
+
+    def test_sentinels_bad(self):
+        """Sentinels without a master name, a master name without Sentinels, and both
+        Sentinels and a host stop the start: one line naming the settings, status 2."""
+        redis = ["--database-type", "redis"]
+        self.parse_bad(redis + ["--database-sentinels", "s:26379"],
+                       names=["--database-master"])
+        self.parse_bad(redis + ["--database-master", "a8"], names=["--database-sentinels"])
+        self.parse_bad(redis + ["--database-sentinels", "s:26379", "--database-master", "a8",
+                                "--database-host", "h:1"],
+                       names=["--database-sentinels", "--database-host"])
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "redis",
+                                "A8_DATABASE_MASTER": "a8"},
+                       names=["A8_DATABASE_MASTER", "--database-sentinels"])
+
+    def test_make_service_sentinels(self):
+        """makeService gives the rule store the Sentinels' address; nothing connects
+        before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "redis", "--database-sentinels",
+                              "127.0.0.1:26379", "--database-master", "a8"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, RedisStore)]
+        self.assertEqual(store.link.address.sentinels, (("127.0.0.1", 26379),))
+        self.assertEqual(reactor.tcpClients, [])
 
     def test_etcd_reserved(self):
         """etcd is refused with a message saying it is not available yet."""

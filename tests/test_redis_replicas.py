@@ -5,23 +5,17 @@ through one is read through the other, and wakes the blocking reads held on it.
 """
 
 import json
-import os
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from amalgam8.testing.redis import RedisServer, redis_missing
-from tests.helpers import ServerProcess, child_environment, twistd_command
-
-LOCAL = "tcp:0:interface=127.0.0.1"
+from tests.helpers import ServerProcesses
 
 
-class ReplicaProcessTests(TestCase):
+class ReplicaProcessTests(ServerProcesses, TestCase):
     """Replicas of the registry and of the controller on one Redis."""
 
     timeout = 60
@@ -33,48 +27,7 @@ class ReplicaProcessTests(TestCase):
         self.redis = RedisServer(self.mktemp())
         self.redis.start()
         self.addCleanup(self.redis.stop)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
-
-    async def spawn(self, program, env):
-        """Start C{twistd -n <program>} on 127.0.0.1; returns its base URL."""
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        protocol = ServerProcess(reactor, "{} listening on ".format(program))
-        argv = twistd_command() + ["-n", "--pidfile=", "--logger",
-                                   "amalgam8.logs.json_observer", program,
-                                   "--listen", LOCAL]
-        reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
-                             path=directory)
-        self.addCleanup(self._stop, protocol)
-        host, port = await protocol.listening(timeout=20)
-        self.processes = getattr(self, "processes", []) + [protocol]
-        return "http://{}:{}".format(host, port)
-
-    async def _stop(self, protocol):
-        if protocol.exit is not None:
-            return
-        try:
-            protocol.transport.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return
-        try:
-            await protocol.ended(timeout=10)
-        except Exception:
-            protocol.transport.signalProcess("KILL")
-            await protocol.ended(timeout=5)
-
-    async def call(self, method, url, body=None, timeout=10):
-        kwargs = {} if body is None else {"json": body}
-        response = await self.http.request(method, url, **kwargs).addTimeout(
-            timeout, reactor)
-        return response, await response.content()
-
-    def assertNoTraceback(self):
-        for protocol in self.processes:
-            lines = protocol.stderr + protocol.stdout
-            self.assertFalse([line for line in lines if "Traceback" in line], lines[-20:])
+        self.setUpProcesses()
 
     async def test_registry_replicas(self):
         """A registration through one registry is listed by the other and wakes the

@@ -9,7 +9,13 @@ from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.store.redis import RedisStore
 from amalgam8.controller.traces import TraceBuffer
 from amalgam8.errors import StoreCorrupt
-from amalgam8.redislink import RedisAddress, parse_ca_file, parse_redis_address
+from amalgam8.redislink import (
+    RedisAddress,
+    parse_ca_file,
+    parse_master_name,
+    parse_redis_address,
+    parse_sentinels,
+)
 from amalgam8.server import server_parts
 from amalgam8.settings import SERVER_SETTINGS, Setting, SettingError
 from amalgam8.settings import SettingsOptions, check_server
@@ -38,11 +44,20 @@ SETTINGS = SERVER_SETTINGS + (
             "replica that uses the same Redis: docs/controller.md, 'The Redis store'). "
             "`etcd` is reserved for a later version and refused."),
     Setting("database-host", "A8_DATABASE_HOST", parse_text, None,
-            "For `file`: the path of the rule file. For `redis`: `host:port` (port 6379 "
-            "when left out) or a URL `redis://[:password@]host[:port][/database]` "
-            "(`rediss://` speaks TLS)."),
+            "For `file`: the path of the rule file. For `redis` (unless "
+            "`database-sentinels` name the master): `host:port` (port 6379 when left out) "
+            "or a URL `redis://[:password@]host[:port][/database]` (`rediss://` speaks "
+            "TLS)."),
     Setting("database-password", "A8_DATABASE_PASSWORD", parse_text, None,
             "For `redis`: the password (`AUTH`); beats one in the URL."),
+    Setting("database-sentinels", "A8_DATABASE_SENTINELS", parse_sentinels, None,
+            "For `redis`, instead of `database-host`: comma-separated `host:port` of Redis "
+            "Sentinels to ask for the master `database-master` (its database 0, with "
+            "`database-password`); the controller follows the master through failovers "
+            "(docs/controller.md, 'Redis Sentinel')."),
+    Setting("database-master", "A8_DATABASE_MASTER", parse_master_name, None,
+            "For `database-sentinels` (required with them): the name the Sentinels know "
+            "the master by."),
     Setting("database-tls-ca", "A8_DATABASE_TLS_CA", parse_ca_file, None,
             "For `redis` over TLS (`rediss://`): the PEM file of the authority that signed "
             "the server's certificate (else the system's authorities)."),
@@ -76,16 +91,37 @@ class Options(SettingsOptions):
                 raise SettingError("{}{}".format(e, self.loaded.origins("database-host")))
         elif self["database-type"] == "redis":
             host = self["database-host"]
+            sentinels, master = self["database-sentinels"], self["database-master"]
+            if sentinels and host:
+                raise SettingError(
+                    "--database-sentinels and --database-host: give one, not both (the "
+                    "Sentinels name the master){}".format(
+                        self.loaded.origins("database-sentinels", "database-host")))
+            if sentinels and not master:
+                raise SettingError(
+                    "--database-sentinels needs --database-master NAME "
+                    "(A8_DATABASE_MASTER), the name they know the master by{}".format(
+                        self.loaded.origins("database-sentinels")))
+            if master and not sentinels:
+                raise SettingError(
+                    "--database-master needs --database-sentinels HOST:PORT,... "
+                    "(A8_DATABASE_SENTINELS){}".format(
+                        self.loaded.origins("database-master")))
+            # Made by makeService, which has the reactor.
+            self["rule-store"] = None
+            if sentinels:
+                self["redis-address"] = RedisAddress.of_sentinels(
+                    sentinels, master, password=self["database-password"])
+                return
             try:
                 if not parse_redis_address(host or ""):
-                    raise ValueError("needs --database-host HOST:PORT (A8_DATABASE_HOST)")
+                    raise ValueError("needs --database-host HOST:PORT (A8_DATABASE_HOST), or "
+                                     "--database-sentinels with --database-master")
                 self["redis-address"] = RedisAddress.from_settings(
                     host, password=self["database-password"], ca=self["database-tls-ca"])
             except ValueError as e:
                 raise SettingError("--database-type redis: --database-host: {}{}".format(
                     e, self.loaded.origins("database-type", "database-host")))
-            # Made by makeService, which has the reactor.
-            self["rule-store"] = None
         else:
             self["rule-store"] = MemoryStore()
 
