@@ -57,7 +57,9 @@ return 1
 """
 
 # KEYS[1] rep, KEYS[2] due; ARGV[1] now, ARGV[2] the reports missed before a proxy is
-# stale -> {proxy id, value, ...} of the live reports (the stale ones are removed)
+# stale -> the JSON list [proxy id, value, ...] of the live reports (the stale ones are
+# removed): one bulk reply, not one per report (txredisapi takes a reactor turn for each
+# element of a reply)
 _LIVE = r"""
 local now = tonumber(ARGV[1])
 local missed = tonumber(ARGV[2])
@@ -78,7 +80,11 @@ for _, id in ipairs(near) do
     redis.call('ZREM', KEYS[2], id)
   end
 end
-return redis.call('HGETALL', KEYS[1])
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then
+  return '[]'
+end
+return cjson.encode(all)
 """
 
 REPORT = Script("report", _REPORT)
@@ -168,6 +174,7 @@ class RedisProxyReports(Service):
         d = self.link.run(LIVE, self._keys(namespace), [_time(now), "%d" % MISSED_REPORTS])
 
         def decoded(reply):
+            reply = json.loads(reply)
             reports = []
             for n in range(0, len(reply) - 1, 2):
                 proxy_id, text = reply[n], reply[n + 1]

@@ -91,12 +91,15 @@ return {first, last, dropped, total, kept}
 # KEYS[1] rec; ARGV[1] after, ARGV[2] the most records to read, ARGV[3] the most
 # candidates to return, ARGV[4..] texts a candidate must contain
 # -> {records read, the sequence number of the last one read (or ''), 1 when none follows
-#     it, candidate, ...}
+#     it, the candidates joined by newlines}: one bulk string for them all, not one reply
+#     element each (txredisapi takes a reactor turn for each element of a reply); a kept
+#     record has no newline (compact JSON escapes them)
 _QUERY = r"""
 local read = tonumber(ARGV[2])
 local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, read)
 local want = tonumber(ARGV[3])
 local out = {0, '', 1}
+local candidates = {}
 local found = 0
 for n, item in ipairs(items) do
   local keep = true
@@ -109,8 +112,8 @@ for n, item in ipairs(items) do
   out[1] = n
   out[2] = string.match(item, '^(%d+) ')
   if keep then
-    out[#out + 1] = item
     found = found + 1
+    candidates[found] = item
     if found >= want then
       break
     end
@@ -119,6 +122,7 @@ end
 if found >= want or #items >= read then
   out[3] = 0
 end
+out[4] = table.concat(candidates, '\n')
 return out
 """
 
@@ -246,7 +250,8 @@ class RedisTraceStore(Service):
             reply = await self.link.run(
                 QUERY, [rec], ["%d" % position, "%d" % max(self.scan, want), "%d" % want]
                 + texts)
-            read, done, candidates = int(reply[0]), int(reply[2]), reply[3:]
+            read, done = int(reply[0]), int(reply[2])
+            candidates = reply[3].split("\n") if reply[3] else ()
             if read:
                 position = int(reply[1])
                 self._seen(namespace, position)
