@@ -141,7 +141,8 @@ class IProxyReports(Interface):
         @param interval: the proxy's report interval (seconds), or L{None} for the default.
         @param rejected: C{((rule id, error), ...)}: the rules it skipped.
         @return: a Deferred that fires with L{None} once the report is kept, or fails with
-            L{amalgam8.errors.StoreUnavailable} (and then nothing changed).
+            L{amalgam8.errors.StoreUnavailable} (and then nothing changed, unless only the
+            answer was lost).
         """
 
     def live(namespace):
@@ -179,7 +180,8 @@ class ITraceStore(Interface):
         @param records: a list of dicts (JSON objects, already validated).
         @return: a Deferred that fires with how many records were dropped to make room
             (records of this batch included, when it is bigger than the room), or fails
-            with L{amalgam8.errors.StoreUnavailable} (and then none of the batch is kept).
+            with L{amalgam8.errors.StoreUnavailable}: then none of the batch was kept (or,
+            when only the answer was lost, all of it; never a part).
         """
 
     def query(namespace, log_key=None, log_value=None, src=None, dst=None, after=0,

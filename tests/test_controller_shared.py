@@ -140,6 +140,9 @@ class SharedAPITests(TestCase):
             # Each batch is kept whole and in its order.
             positions = [read[self.one].index(record) for record in records]
             self.assertEqual(positions, list(range(positions[0], positions[0] + 50)))
+        # A cursor past any number is an empty last page, not an error.
+        response, page = await self.call("GET", self.two + "/v1/traces?after=" + "9" * 400)
+        self.assertEqual((response.code, page["records"], page["next"]), (200, [], None))
         for base in (self.one, self.two):
             found, _ = await ControllerTraces(self.client(base)).fetch("r1")
             self.assertEqual(found, [r for r in read[self.one]

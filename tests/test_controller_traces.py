@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from amalgam8.controller.traces import TraceBuffer, matches
@@ -162,14 +163,28 @@ class RedisTraceReplicaTests(RedisTraceCase, SynchronousTestCase):
         rest, _ = self.result(self.one.query("default", after=cursor))
         self.assertEqual([r["request_id"] for r in rest], ["req-5", "req-6", "req-7"])
 
+    def test_huge_cursor_changes_nothing(self):
+        """A reader's cursor, however large, is only read: the numbers the next records
+        get do not follow it."""
+        self.result(self.one.add("default", [trace(0)]))
+        _, cursor = self.result(self.one.query("default", limit=1))
+        self.assertIsNone(cursor)
+        self.assertEqual(self.result(self.one.query("default", after=10 ** 17)), ([], None))
+        self.result(self.one.add("default", [trace(1), trace(2)]))
+        _, cursor = self.result(self.one.query("default", limit=1))
+        self.assertLess(cursor, int(START * 1_000_000) + 10)
+
     def test_garbage_ignored(self):
         """A member of the sorted set that is not JSON (written by something else) is
         left out, with a warning; the records around it are read."""
         self.result(self.one.add("default", [trace(0)]))
         self.redis.command("ZADD", "a8:t:default:rec", 1, "1 {not json")
         self.result(self.one.add("default", [trace(1)]))
-        page, _ = self.result(self.two.query("default"))
+        with capturedLogs() as events:
+            page, _ = self.result(self.two.query("default"))
         self.assertEqual(page, [trace(0), trace(1)])
+        self.assertEqual([(e["log_level"], e["number"]) for e in events
+                          if e.get("namespace") == "default"], [(LogLevel.warn, "1")])
 
 
 # Values of the trace key and of src/dst that are hard for a text prefilter: every JSON

@@ -44,6 +44,8 @@ __all__ = ["RedisTraceStore", "SCAN"]
 SCAN = 1000
 #: The most records of a batch one ZADD takes (Lua's stack bounds a call's arguments).
 _CHUNK = 500
+#: No sequence number reaches this (the clock in microseconds is about 2**51 now).
+_NO_NUMBER = 2 ** 62
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
                             allow_nan=False).encode
@@ -240,6 +242,9 @@ class RedisTraceStore(Service):
             namespace, log_key, log_value, src, dst, int(after), limit))
 
     async def _query(self, namespace, log_key, log_value, src, dst, after, limit):
+        if after >= _NO_NUMBER:
+            # No record has such a number (and Redis would refuse a score past a double).
+            return [], None
         texts = needles(log_key, log_value, src, dst)
         rec = self._keys(namespace)[1]
         page = []

@@ -244,6 +244,7 @@ def trace_store_tests(make_store):
             self.assertGreater(second, first)
             self.assertEqual(self.query(after=second), ([trace(2)], None))
             self.assertEqual(self.query(after=10 ** 18), ([], None))
+            self.assertEqual(self.query(after=10 ** 400, log_key=KEY), ([], None))
 
         def test_namespaces_apart(self):
             """Each namespace has its own records, cursors and drops."""
