@@ -193,9 +193,9 @@ class ControllerTestCase(SynchronousTestCase):
         for name in sorted(names):
             ruleset = self.successResultOf(self.store.get(name))
             rules[name] = (ruleset.revision, copy.deepcopy(list(ruleset.rules)))
-        proxies = {name: [r.as_dict() for r in self.proxies.live(name)]
+        proxies = {name: [r.as_dict() for r in self.successResultOf(self.proxies.live(name))]
                    for name in sorted(names)}
-        traces = {name: self.traces.query(name, limit=1_000_000)[0]
+        traces = {name: self.successResultOf(self.traces.query(name, limit=1_000_000))[0]
                   for name in sorted(names)}
         return rules, proxies, traces, self.traces.stats()
 

@@ -18,10 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from amalgam8.controller.store import FileStore, MemoryStore
+from amalgam8.controller.proxies_redis import RedisProxyReports
 from amalgam8.controller.store.redis import RedisStore
+from amalgam8.controller.traces_redis import RedisTraceStore
 from amalgam8.redislink import RedisAddress
 from amalgam8.controller.tap import Options, makeService
-from amalgam8.interfaces import IRuleStore
+from amalgam8.interfaces import IProxyReports, IRuleStore, ITraceStore
 from tests.auth_fallback import AuthFallbackChecks
 
 RULE = {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}
@@ -619,6 +621,33 @@ class RedisDatabaseTests(OptionsTestCase):
         self.assertEqual(store.link.address, RedisAddress("127.0.0.1", 6379))
         self.assertProvides(IRuleStore, store)
         self.assertEqual(reactor.tcpClients, [])
+
+    def test_make_service_shares_reports_and_traces(self):
+        """With the Redis database the proxy reports and the trace records are in the same
+        Redis (with --proxy-report-interval and --trace-capacity), on the reactor's clock;
+        nothing connects before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "redis", "--database-host",
+                              "redis://:pw@10.0.0.5:7000/3", "--proxy-report-interval",
+                              "10s", "--trace-capacity", "500"])
+        service = makeService(options, reactor=reactor)
+        address = RedisAddress("10.0.0.5", 7000, password="pw", database=3)
+        [proxies] = [child for child in service if isinstance(child, RedisProxyReports)]
+        [traces] = [child for child in service if isinstance(child, RedisTraceStore)]
+        self.assertProvides(IProxyReports, proxies)
+        self.assertProvides(ITraceStore, traces)
+        self.assertEqual((proxies.link.address, proxies.interval, proxies.clock),
+                         (address, 10.0, reactor))
+        self.assertEqual((traces.link.address, traces.capacity, traces.clock),
+                         (address, 500, reactor))
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_memory_keeps_reports_in_process(self):
+        """Without Redis, no report or trace store is a service of the tree (they are
+        in memory, in the API)."""
+        service = makeService(self.parse([]), reactor=MemoryReactorClock())
+        self.assertEqual([child for child in service
+                          if isinstance(child, (RedisProxyReports, RedisTraceStore))], [])
 
 
 class StoreInterfaceTests(OptionsTestCase):

@@ -5,9 +5,11 @@ C{twistd -n a8controller}: options, environment and the service tree of the cont
 
 from amalgam8.controller.api import ControllerAPI
 from amalgam8.controller.proxies import ProxyReports
+from amalgam8.controller.proxies_redis import RedisProxyReports
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.store.redis import RedisStore
 from amalgam8.controller.traces import TraceBuffer
+from amalgam8.controller.traces_redis import RedisTraceStore
 from amalgam8.errors import StoreCorrupt
 from amalgam8.redislink import (
     RedisAddress,
@@ -41,7 +43,8 @@ def _database(text):
 SETTINGS = SERVER_SETTINGS + (
     Setting("database-type", "A8_DATABASE_TYPE", _database, "memory",
             "Where rules are kept: `memory`, `file`, or `redis` (shared by every controller "
-            "replica that uses the same Redis: docs/controller.md, 'The Redis store'). "
+            "replica that uses the same Redis, with the proxy status reports and the trace "
+            "records: docs/controller.md, 'The Redis store'). "
             "`etcd` is reserved for a later version and refused."),
     Setting("database-host", "A8_DATABASE_HOST", parse_text, None,
             "For `file`: the path of the rule file. For `redis` (unless "
@@ -62,7 +65,8 @@ SETTINGS = SERVER_SETTINGS + (
             "For `redis` over TLS (`rediss://`): the PEM file of the authority that signed "
             "the server's certificate (else the system's authorities)."),
     Setting("trace-capacity", "A8_TRACE_CAPACITY", parse_positive_int, "100000",
-            "Trace records kept per namespace (the oldest are dropped)."),
+            "Trace records kept per namespace (the oldest are dropped); with `redis`, per "
+            "namespace in Redis (give every replica the same)."),
     Setting("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", parse_duration_setting,
             "30s", "Report interval assumed for proxies that name none."),
 )
@@ -127,21 +131,35 @@ class Options(SettingsOptions):
 
 
 def makeService(options, reactor=None):
-    """Build the controller: the rule store and one listener per C{--listen}."""
+    """
+    Build the controller: the rule store, the proxy reports and the trace records, and one
+    listener per C{--listen}. With C{--database-type redis} all three are in that Redis,
+    shared by every replica (and every process of C{--processes N}); else in this process.
+    """
     if reactor is None:
         from twisted.internet import reactor
     parts = server_parts("controller", options, reactor)
-    if options.get("redis-address") is not None:
-        store = RedisStore(reactor, options["redis-address"])
+    address = options.get("redis-address")
+    if address is not None:
+        store = RedisStore(reactor, address)
+        proxies = RedisProxyReports(reactor, reactor, address,
+                                    interval=options["proxy-report-interval"])
+        traces = RedisTraceStore(reactor, reactor, address,
+                                 capacity=options["trace-capacity"])
+        shared = [store, proxies, traces]
     else:
         store = options.get("rule-store") or MemoryStore()
-    store.setServiceParent(parts.top)
+        proxies = ProxyReports(reactor, options["proxy-report-interval"])
+        traces = TraceBuffer(options["trace-capacity"])
+        shared = [store]
+    for service in shared:
+        service.setServiceParent(parts.top)
     api = ControllerAPI(
         store,
         parts.authenticator,
         reactor,
-        proxies=ProxyReports(reactor, options["proxy-report-interval"]),
-        traces=TraceBuffer(options["trace-capacity"]),
+        proxies=proxies,
+        traces=traces,
         metrics=parts.metrics,
         require_https=options["require-https"],
         metrics_token=options["metrics-token"],
