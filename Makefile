@@ -10,9 +10,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the test suite needs, and those the benchmarks need on top.
 # libpcre3 is the PCRE the proxy's ngx.re runs; amalgam8/rules.py checks header patterns with it.
-# etcd-server and redis-server: the tests start real etcd and Redis servers on loopback ports.
-TEST_DEBS := nginx-core libnginx-mod-http-lua lua-resty-core lua-cjson lua-busted lua-rex-pcre2 libpcre3 etcd-server redis-server
-BENCH_DEBS := wrk haproxy nghttp2-client
+# etcd-server and redis-server: the tests start real etcd and Redis servers on loopback ports;
+# haproxy: tests/test_haproxy_front.py puts it in front of two registry replicas.
+TEST_DEBS := nginx-core libnginx-mod-http-lua lua-resty-core lua-cjson lua-busted lua-rex-pcre2 libpcre3 etcd-server redis-server haproxy
+BENCH_DEBS := wrk nghttp2-client
 TRIAL_ARGS ?= tests
 
 .PHONY: setup test bench demo debs bench-debs clean
@@ -36,7 +37,7 @@ bench-debs:
 test: setup
 	A8_REQUIRE_PROXY=1 $(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
 
-BENCHMARKS ?= registry registry_redis controller proxy propagation gremlin eureka
+BENCHMARKS ?= registry registry_redis redis_wakeup controller controller_shared proxy propagation gremlin eureka
 
 bench: setup bench-debs
 	@for name in $(BENCHMARKS); do \

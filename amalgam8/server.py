@@ -17,7 +17,7 @@ from amalgam8.logs import configure as configure_logs
 from amalgam8.settings import ServerService, add_listeners, site_limits
 from amalgam8.web import A8Site, Metrics
 from amalgam8.workers import (WORKER_ENV, ParentWatch, Workers, listen_sockets, twistd_argv,
-                              worker_arguments)
+                              twistd_options, worker_arguments)
 
 __all__ = ["ServerParts", "server_parts"]
 
@@ -77,7 +77,8 @@ class ServerParts:
         for listening in sockets:
             _Adopted(self._reactor, listening, site, self.log, program).setServiceParent(
                 self.top)
-        argv = twistd_argv(program, worker_arguments(self._options.given, sockets))
+        argv = twistd_argv(program, worker_arguments(self._options.given, sockets),
+                           twistd=twistd_options(sys.argv, program))
         Workers(self._reactor, argv, sockets, count, program=program).setServiceParent(
             self.top)
 

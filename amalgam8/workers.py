@@ -7,8 +7,10 @@ processes keep no state of their own that the others would not see.
 The first process (the parent) binds every C{--listen} TCP endpoint itself, serves on it,
 and starts N-1 workers with the sockets inherited: each worker is the same program
 (C{twistd -n a8registry}) with the options the parent was given, C{--processes 1}, and one
-C{--listen fd:fileno=K:domain=INET} per socket. The kernel hands each new connection to
-one of the processes accepting on the socket.
+C{--listen fd:fileno=K:domain=INET} per socket; of the parent's own twistd options it keeps
+those that say how to log and which reactor to run (L{twistd_options}), so that its log
+lines look like the parent's. The kernel hands each new connection to one of the
+processes accepting on the socket.
 
 The parent supervises its workers with a Twisted process protocol: a worker that exits is
 started again (after 0.1 s, doubling up to 10 s while it keeps failing); stopping the
@@ -35,7 +37,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 __all__ = ["WORKER_ENV", "InheritedSocketParser", "ListenSocket", "listen_sockets", "worker_arguments", "Workers",
-           "ParentWatch", "twistd_argv"]
+           "ParentWatch", "twistd_argv", "twistd_options", "KEPT_TWISTD_OPTIONS"]
 
 log = Logger()
 
@@ -151,11 +153,63 @@ def worker_arguments(flags, sockets):
     return args
 
 
-def twistd_argv(program, args, executable=None):
-    """The argv that runs C{twistd -n <program> args} under this interpreter."""
+#: The twistd options of the parent that a worker is given too: how to log, where, which
+#: reactor, the umask. The others are the parent's alone (its pid file, daemonizing, the
+#: user to switch to: a worker starts as that user already, profiling).
+KEPT_TWISTD_OPTIONS = ("logger", "logfile", "reactor", "umask", "syslog", "prefix")
+
+
+def twistd_options(argv, program):
+    """
+    The options of L{KEPT_TWISTD_OPTIONS} on the parent's command line (C{sys.argv}): those
+    before the first word that is not an option (C{program}, run as a twistd subcommand),
+    as C{--name=value} (or C{--name} for a flag), in their order.
+
+    @param argv: the parent's C{sys.argv}.
+    @param program: its subcommand (C{"a8registry"}): nothing is kept unless it is the word
+        that ends the twistd options (under C{twist}, or in a test, that is not so).
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    valued = {name[:-1] for name in options.longOpt if name.endswith("=")}
+    short = options.shortOpt
+    valued_short = {short[i] for i in range(len(short) - 1) if short[i + 1] == ":"}
+    found = []
+    words = list(argv[1:])
+    while words:
+        word = words.pop(0)
+        if word == program:
+            return ["--{}={}".format(n, v) if v is not None else "--" + n
+                    for n, v in found if n in KEPT_TWISTD_OPTIONS]
+        if word.startswith("--"):
+            name, equals, value = word[2:].partition("=")
+            if not equals:
+                value = words.pop(0) if name in valued and words else None
+            found.append((options.synonyms.get(name, name), value))
+        elif word.startswith("-") and len(word) > 1:
+            letters = word[1:]
+            while letters:
+                letter, letters = letters[0], letters[1:]
+                if letter in valued_short:
+                    value = letters or (words.pop(0) if words else "")
+                    found.append((options.synonyms.get(letter, letter), value))
+                    break
+                found.append((options.synonyms.get(letter, letter), None))
+        else:
+            break
+    return []
+
+
+def twistd_argv(program, args, executable=None, twistd=()):
+    """
+    The argv that runs C{twistd -n <twistd options> <program> args} under this interpreter.
+
+    @param twistd: more twistd options (L{twistd_options} of the parent).
+    """
     executable = executable or sys.executable
     return [executable, "-c", "from twisted.scripts.twistd import run; run()",
-            "-n", "--pidfile=", program] + list(args)
+            "-n", "--pidfile="] + list(twistd) + [program] + list(args)
 
 
 class _Worker(ProcessProtocol):

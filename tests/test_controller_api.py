@@ -5,6 +5,7 @@ driven through L{treq.testing.StubTreq} against a L{MemoryStore} and a L{Clock}.
 
 import copy
 import json
+import os
 import uuid
 from importlib import resources
 
@@ -192,9 +193,9 @@ class ControllerTestCase(SynchronousTestCase):
         for name in sorted(names):
             ruleset = self.successResultOf(self.store.get(name))
             rules[name] = (ruleset.revision, copy.deepcopy(list(ruleset.rules)))
-        proxies = {name: [r.as_dict() for r in self.proxies.live(name)]
+        proxies = {name: [r.as_dict() for r in self.successResultOf(self.proxies.live(name))]
                    for name in sorted(names)}
-        traces = {name: self.traces.query(name, limit=1_000_000)[0]
+        traces = {name: self.successResultOf(self.traces.query(name, limit=1_000_000))[0]
                   for name in sorted(names)}
         return rules, proxies, traces, self.traces.stats()
 
@@ -1541,11 +1542,12 @@ class ServiceEndpointTests(ControllerTestCase):
     metrics_token = "scrape-me"
 
     def test_health(self):
-        """/health and / answer 200 without credentials."""
+        """/health and / answer 200 without credentials, with the id of the process that
+        answered (the processes of C{--processes N} share one port)."""
         for path in ("/health", "/"):
             answer = self.request(b"GET", path)
             self.assertEqual(answer.code, 200)
-            self.assertEqual(answer.json(), {"status": "up"})
+            self.assertEqual(answer.json(), {"status": "up", "pid": os.getpid()})
 
     def test_schema(self):
         """/v1/schema serves amalgam8/schemas/rule.json as it is."""

@@ -727,19 +727,29 @@ class BenchCatalogRowsTests(SynchronousTestCase):
         self.assertEqual(self.bench.other_catalogs(self.options, []), [])
 
     def test_module_rows(self):
-        """A module's measure(changes=N) rows join the table, padded to its columns."""
+        """
+        A module's measure(changes=N) rows, (metric, "p50 ms", "p99 ms", changes) as
+        bench/catalog_kubernetes.py and bench/catalog_etcd.py return them, join the table
+        in the file rows' shape: p50 / p99 in the first column, the count in the note.
+        """
         calls = []
 
         def measure(changes=1000):
             calls.append(changes)
-            return [("k8s change -> woken read, ms", "1.00 / 2.00")]
+            return [("k8s change -> woken blocking read", "1.00 ms", "2.00 ms", "7")]
         self.fake_module(measure)
         rows = self.bench.other_catalogs(self.options, [])
         self.assertEqual(calls, [7])
         table = self.bench.catalog_rows(([], [(1, [0.001, 0.002])], rows))
-        self.assertEqual(table[-1], ("k8s change -> woken read, ms", "1.00 / 2.00", "", "", "",
-                                     ""))
+        self.assertEqual(table[-1], ("k8s change -> woken blocking read, ms", "1.00 / 2.00",
+                                     "", "", "", "p50 / p99 over 7 changes"))
         self.assertEqual(table[1][0], "file change -> woken read, 1-instance file, ms")
+
+    def test_real_modules_shape(self):
+        """The real catalog benches declare the row shape catalog_rows reads."""
+        from bench import catalog_etcd, catalog_kubernetes
+        self.assertEqual(catalog_kubernetes.HEADER, ("metric", "p50", "p99", "changes"))
+        self.assertEqual(catalog_etcd.HEADER, ("metric", "p50", "p99", "changes"))
 
     def test_module_fails(self):
         """A module's BenchError is an error of the run, not the end of it."""

@@ -5,6 +5,7 @@ through L{treq.testing.StubTreq} against an in-memory store and a L{Clock}.
 
 import hashlib
 import json
+import os
 import uuid
 
 import jwt
@@ -962,11 +963,12 @@ class LivenessTests(RegistryTestCase):
     """GET /uptime and GET /."""
 
     def test_uptime(self):
-        """/uptime answers 200 with the seconds since the server started."""
+        """/uptime answers 200 with the seconds since the server started and the id of the
+        process that answered (the processes of C{--processes N} share one port)."""
         self.clock.advance(12.5)
         answer = self.request(b"GET", "/uptime")
         self.assertEqual(answer.code, 200)
-        self.assertEqual(answer.json()["uptime"], 12.5)
+        self.assertEqual(answer.json(), {"status": "up", "uptime": 12.5, "pid": os.getpid()})
 
     def test_root(self):
         """/ answers 200."""

@@ -33,6 +33,10 @@ from amalgam8.testing.registry import registration, registry_store_tests
 
 _missing = redis_missing()
 
+#: A functional bound: the change message woke the waiters (far below the 10 s the reactor
+#: is run for); the wake-up's speed is bench/redis_wakeup's figure.
+WOKEN_WITHIN = 2.0
+
 
 class RedisCase(RedisStoreCase):
     """L{RedisStoreCase} with a maker of registry stores."""
@@ -85,8 +89,13 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.failureResultOf(beat, UnknownInstance)
 
     def test_wake_across_replicas(self):
-        """A change made through one replica wakes the waiters held on the other, from
-        the change message (the other replica sends nothing), well within 100 ms."""
+        """
+        A change made through one replica wakes the waiters held on the other, from the
+        change message (the other replica sends nothing): nothing else would wake them (the
+        stores' clock never moves, so no sweep runs, and no reconnection catches up), and
+        they are woken well within the 10 s the reactor is run for. How fast is measured
+        by bench/redis_wakeup, not here.
+        """
         index = self.result(self.two.instances("default"))[0]
         waiters = [self.two.wait_for_change("default", index) for _ in range(20)]
         self.later.flush()
@@ -98,7 +107,7 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.assertTrue(registered.called)
         new = self.result(self.one.instances("default"))[0]
         self.assertEqual({w.result for w in waiters}, {new})
-        self.assertLess(elapsed, 0.1, "woken after {:.3f} s".format(elapsed))
+        self.assertLess(elapsed, WOKEN_WITHIN, "woken after {:.3f} s".format(elapsed))
 
     def test_race_no_lost_update(self):
         """Two replicas registering at once lose nothing: every instance is listed, the
@@ -137,7 +146,8 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.result(gatherResults(writes))
         listed = self.result(self.one.instances("default"))[1]
         self.assertEqual(len(listed), 1)
-        self.assertEqual(listed[0].tags, ("two49",))
+        # Which connection's last write lands last is up to the scheduling: either is right.
+        self.assertIn(listed[0].tags, (("one49",), ("two49",)))
         self.assertEqual(self.redis.command("HGETALL", "a8:r:default:svcs"),
                          [b"reviews", b"1"])
 
@@ -190,6 +200,28 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.clock.advance(1)
         self.result(self.two.register("default", registration()))
         self.assertGreater(self.result(self.one.instances("default"))[0], before)
+
+    def test_index_never_backwards_after_lost_changes(self):
+        """A failover that lost the last changes (the new master's index is behind what
+        the replicas saw): a read answers an index past every one seen, the change wakes
+        the waiters held past the lost index, and a registration takes the next one; no
+        index is handed out twice."""
+        first = self.result(self.one.register("default", registration(value="a:1")))
+        self.result(self.one.register("default", registration(value="b:1")))
+        lost = self.result(self.one.register("default", registration(value="c:1")))
+        seen = self.result(self.two.instances("default"))[0]
+        self.later.flush()
+        waiter = self.two.wait_for_change("default", seen)
+        # The new master has the first two changes only.
+        self.redis.command("HSET", "a8:r:default:meta", "index", "%d" % (seen - 1))
+        self.redis.command("HDEL", "a8:r:default:reg", lost.id)
+        after, listed = self.result(self.one.instances("default"))
+        self.assertEqual(after, seen + 1)
+        self.assertEqual(self.result(waiter), seen + 1)
+        self.assertEqual(len(listed), 2)
+        self.assertIn(first.id, [i.id for i in listed])
+        self.result(self.two.register("default", registration(value="d:1")))
+        self.assertEqual(self.result(self.one.instances("default"))[0], seen + 2)
 
     def test_script_reloaded(self):
         """After SCRIPT FLUSH (or a restarted Redis) the scripts are sent again."""

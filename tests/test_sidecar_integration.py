@@ -273,14 +273,7 @@ class Mesh(MeshTestCase):
 
     async def setUp(self):
         MeshTestCase.setUp(self)
-        self.rules_path = os.path.join(self.directory, "rules.json")
-        self.registry = self.spawn("registry", ["a8registry", "--listen", LOCAL])
-        self.controller = self.start_controller(LOCAL)
-        (_, registry_port), (_, controller_port) = await gatherResults(
-            [self.registry.listening(), self.controller.listening()])
-        self.registry_url = "http://127.0.0.1:{}".format(registry_port)
-        self.controller_port = controller_port
-        self.controller_url = "http://127.0.0.1:{}".format(controller_port)
+        await self.start_control_plane()
         self.apps = {version: self.start_app(version) for version in ("v1", "v2")}
         # The app sidecars register as their apps start, before these listen: the caller
         # comes once they answer, or its first requests would find them refusing.
@@ -290,6 +283,30 @@ class Mesh(MeshTestCase):
         self.caller = self.start_caller()
         await self.until(self.both_versions_answer,
                          "hello:v1 and hello:v2 through the caller's proxy", timeout=20)
+
+    async def start_control_plane(self):
+        """
+        Start the registry (in-memory store) and the controller (file store) and wait until
+        they listen: sets C{registry}, C{controller} (their L{ServerProcess}es),
+        C{registry_url}, C{controller_url} and C{controller_port}. A subclass may start
+        others (replicas on Redis: L{tests.faults.replicas.RedisMesh}).
+        """
+        self.rules_path = os.path.join(self.directory, "rules.json")
+        self.registry = self.spawn("registry", ["a8registry", "--listen", LOCAL])
+        self.controller = self.start_controller(LOCAL)
+        (_, registry_port), (_, controller_port) = await gatherResults(
+            [self.registry.listening(), self.controller.listening()])
+        self.registry_url = "http://127.0.0.1:{}".format(registry_port)
+        self.controller_port = controller_port
+        self.controller_url = "http://127.0.0.1:{}".format(controller_port)
+
+    def urls_for(self, sidecar):
+        """
+        C{(A8_REGISTRY_URL, A8_CONTROLLER_URL)} of the sidecar C{sidecar} (C{"v1"},
+        C{"v2"} or C{"caller"}): the one registry and controller here; a subclass with
+        replicas gives each sidecar their URLs in its own order.
+        """
+        return self.registry_url, self.controller_url
 
     def start_controller(self, listen):
         return self.spawn("controller", ["a8controller", "--listen", listen,
@@ -305,7 +322,7 @@ class Mesh(MeshTestCase):
             "A8_PROXY": "false",
             "A8_ENDPOINT_HOST": "127.0.0.1",
             "A8_ENDPOINT_PORT": str(app_port),
-            "A8_REGISTRY_URL": self.registry_url,
+            "A8_REGISTRY_URL": self.urls_for(version)[0],
             "A8_DEBUG_PORT": str(debug_port),
             "A8_STOP_TIMEOUT": "10s",
         }
@@ -317,12 +334,13 @@ class Mesh(MeshTestCase):
         """The caller: a proxy-only sidecar (poll and backoff capped at 2 s)."""
         proxy_port, admin_port, debug_port = free_port(), free_port(), free_port()
         runtime = os.path.join(self.directory, "caller")
+        registry_url, controller_url = self.urls_for("caller")
         env = {
             "A8_SERVICE": "caller:v1",
             "A8_REGISTER": "false",
             "A8_PROXY": "true",
-            "A8_REGISTRY_URL": self.registry_url,
-            "A8_CONTROLLER_URL": self.controller_url,
+            "A8_REGISTRY_URL": registry_url,
+            "A8_CONTROLLER_URL": controller_url,
             "A8_REGISTRY_POLL": "2s",
             "A8_CONTROLLER_POLL": "2s",
             "A8_PROXY_PORT": str(proxy_port),

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from amalgam8.testing.process import FakeProcessReactor
 from amalgam8.workers import (WORKER_ENV, ListenSocket, Workers, listen_sockets,
-                              twistd_argv, worker_arguments)
+                              twistd_argv, twistd_options, worker_arguments)
 
 
 class ListenSocketsTests(SynchronousTestCase):
@@ -77,9 +77,53 @@ class WorkerArgumentsTests(SynchronousTestCase):
                                 "--listen=fd:fileno=9:domain=INET"])
 
     def test_argv(self):
+        """A worker runs twistd in the foreground without a pid file, with the parent's
+        kept twistd options before the program."""
         argv = twistd_argv("a8registry", ["--x=1"], executable="/py")
         self.assertEqual(argv, ["/py", "-c", "from twisted.scripts.twistd import run; run()",
                                 "-n", "--pidfile=", "a8registry", "--x=1"])
+        argv = twistd_argv("a8registry", ["--x=1"], executable="/py",
+                           twistd=["--logger=amalgam8.logs.json_observer"])
+        self.assertEqual(argv[3:], ["-n", "--pidfile=", "--logger=amalgam8.logs.json_observer",
+                                    "a8registry", "--x=1"])
+
+
+class TwistdOptionsTests(SynchronousTestCase):
+    """
+    A worker keeps the parent's twistd options that say how to log and which reactor to run
+    (so that its log lines go where the parent's go, in the same format), and no other.
+    """
+
+    def test_deploy_command(self):
+        """The command of the Docker images: JSON logs on standard output."""
+        argv = ["/usr/local/bin/twistd", "--nodaemon", "--pidfile=", "--logger",
+                "amalgam8.logs.json_observer", "a8registry", "--processes", "4",
+                "--logger", "not-a-twistd-option-here"]
+        self.assertEqual(twistd_options(argv, "a8registry"),
+                         ["--logger=amalgam8.logs.json_observer"])
+
+    def test_kept_and_dropped(self):
+        """Long and short forms, with the value attached or apart; the pid file, the user,
+        daemonizing and profiling stay the parent's."""
+        argv = ["twistd", "-no", "-l", "/var/log/a8.log", "--reactor=epoll", "--umask",
+                "022", "--syslog", "--prefix", "a8", "--uid", "1000", "--gid=1000",
+                "--pidfile", "/run/a8.pid", "--profile=/tmp/p", "--chroot", "/srv",
+                "a8controller", "--processes=2"]
+        self.assertEqual(twistd_options(argv, "a8controller"),
+                         ["--logfile=/var/log/a8.log", "--reactor=epoll", "--umask=022",
+                          "--syslog", "--prefix=a8"])
+        self.assertEqual(twistd_options(["twistd", "-nl/tmp/x", "-repoll", "a8registry"],
+                                        "a8registry"),
+                         ["--logfile=/tmp/x", "--reactor=epoll"])
+
+    def test_not_under_twistd(self):
+        """Under C{twist}, trial or anything whose options do not end at the program:
+        nothing is kept (the worker logs as twistd does by default)."""
+        self.assertEqual(twistd_options(["twist", "--log-format", "json", "a8registry"],
+                                        "a8registry"), [])
+        self.assertEqual(twistd_options(["trial", "tests"], "a8registry"), [])
+        self.assertEqual(twistd_options(["twistd", "--logger"], "a8registry"), [])
+        self.assertEqual(twistd_options(["twistd", "-l"], "a8registry"), [])
 
     def test_options_reach_a_worker(self):
         """The arguments parse back to the same settings in the worker."""

@@ -10,6 +10,7 @@ Klein route: it is answered from an encoding made once per namespace, revision a
 cost one encoding per change, and it waits for the store however long the store takes.
 """
 
+import os
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -57,6 +58,9 @@ class ControllerAPI:
     @ivar store: an L{amalgam8.interfaces.IRuleStore}.
     @ivar authenticator: an L{amalgam8.auth.Authenticator}.
     @ivar clock: the C{IReactorTime} for blocking reads and proxy reports.
+    @ivar proxies: the L{amalgam8.interfaces.IProxyReports} (default: in memory, on
+        C{clock}).
+    @ivar traces: the L{amalgam8.interfaces.ITraceStore} (default: in memory).
     """
 
     app = Klein()
@@ -114,7 +118,8 @@ class ControllerAPI:
     @app.route("/", methods=["GET", "HEAD"])
     @route_name("health")
     async def health(self, request):
-        return _body(request, b'{"status":"up"}')
+        # The pid tells the processes of one --processes N server apart.
+        return _body(request, b'{"status":"up","pid":%d}' % os.getpid())
 
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
@@ -311,7 +316,7 @@ class ControllerAPI:
             raise InvalidRequest("proxy id is longer than 256 characters")
         body = json_body(request)
         report = _proxy_report(body)
-        self._proxies.report(namespace, proxy_id, **report)
+        await self._proxies.report(namespace, proxy_id, **report)
         return _body(request, b"{}")
 
     @app.route("/v1/proxies", methods=["GET"])
@@ -319,8 +324,8 @@ class ControllerAPI:
     async def proxies(self, request):
         namespace = self.namespace(request)
         query(request, frozenset())
-        return _body(request, encode({"proxies": [
-            r.as_dict() for r in self._proxies.live(namespace)]}).encode())
+        live = await self._proxies.live(namespace)
+        return _body(request, encode({"proxies": [r.as_dict() for r in live]}).encode())
 
     @app.route("/v1/rules/status", methods=["GET"])
     @route_name("rules_status")
@@ -328,9 +333,9 @@ class ControllerAPI:
         namespace = self.namespace(request)
         query(request, frozenset())
         ruleset = await self._store.get(namespace)
+        status = await self._proxies.status(namespace, ruleset.revision)
         request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode(
-            self._proxies.status(namespace, ruleset.revision)).encode())
+        return _body(request, encode(status).encode())
 
     # -- traces (B5) ---------------------------------------------------------------------
 
@@ -354,7 +359,7 @@ class ControllerAPI:
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise InvalidRequest("record {} is not an object".format(index))
-        dropped = self._traces.add(namespace, records)
+        dropped = await self._traces.add(namespace, records)
         request.setResponseCode(202)
         return _body(request, encode({"accepted": len(records), "dropped": dropped}).encode())
 
@@ -375,11 +380,13 @@ class ControllerAPI:
                                  .format(MAX_PAGE))
         if "log_value" in single and "log_key" not in single:
             raise InvalidRequest("log_value needs log_key")
-        records, cursor = self._traces.query(namespace, after=after, limit=limit, **single)
+        records, cursor = await self._traces.query(namespace, after=after, limit=limit,
+                                                   **single)
+        dropped = await self._traces.dropped(namespace)
         return _body(request, encode({
             "records": records,
             "next": cursor,
-            "dropped": self._traces.dropped(namespace),
+            "dropped": dropped,
         }).encode())
 
 

@@ -6,6 +6,7 @@ readers of one query at one index share one store waiter and one encoding of the
 """
 
 import json
+import os
 from importlib import resources
 
 import attrs
@@ -107,8 +108,10 @@ class RegistryAPI:
     @app.route("/uptime", methods=["GET", "HEAD"])
     @route_name("uptime")
     async def uptime(self, request):
+        # The pid tells the processes of one --processes N server apart.
         uptime = self._clock.seconds() - self._started
-        return _json(request, {"status": "up", "uptime": round(uptime, 3)})
+        return _json(request, {"status": "up", "uptime": round(uptime, 3),
+                               "pid": os.getpid()})
 
     @app.route("/metrics", methods=["GET"])
     @route_name("metrics")
