@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 
 from amalgam8.controller.store import FileStore, MemoryStore
 from amalgam8.controller.proxies_redis import RedisProxyReports
+from amalgam8.controller.store.etcd import EtcdStore
 from amalgam8.controller.store.redis import RedisStore
 from amalgam8.controller.traces_redis import RedisTraceStore
 from amalgam8.redislink import RedisAddress
@@ -76,6 +77,7 @@ GOOD = [
     ("metrics-token", "A8_METRICS_TOKEN", "scrape", "scrape"),
     ("database-type", "A8_DATABASE_TYPE", "memory", "memory"),
     ("database-password", "A8_DATABASE_PASSWORD", "pw", "pw"),
+    ("database-prefix", "A8_DATABASE_PREFIX", "/a8/prod", "/a8/prod/"),
     ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379, [::1]:26380",
      (("s1", 26379), ("::1", 26380))),
     ("database-master", "A8_DATABASE_MASTER", "a8", "a8"),
@@ -90,7 +92,7 @@ BAD = [
     ("require-https", "A8_REQUIRE_HTTPS", "maybe"),
     ("log-level", "A8_LOG_LEVEL", "loud"),
     ("database-type", "A8_DATABASE_TYPE", "mongo"),
-    ("database-type", "A8_DATABASE_TYPE", "etcd"),
+    ("database-prefix", "A8_DATABASE_PREFIX", "amalgam8"),
     ("database-tls-ca", "A8_DATABASE_TLS_CA", "/no/such/ca.pem"),
     ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379,s2:0"),
     ("database-sentinels", "A8_DATABASE_SENTINELS", "::1:26379"),
@@ -606,11 +608,6 @@ class RedisDatabaseTests(OptionsTestCase):
         self.assertEqual(store.link.address.sentinels, (("127.0.0.1", 26379),))
         self.assertEqual(reactor.tcpClients, [])
 
-    def test_etcd_reserved(self):
-        """etcd is refused with a message saying it is not available yet."""
-        text = self.parse_bad(["--database-type", "etcd"], names=["--database-type"])
-        self.assertIn("not available", text)
-
     def test_make_service(self):
         """makeService puts a Redis rule store in the tree; nothing connects before the
         start."""
@@ -648,6 +645,89 @@ class RedisDatabaseTests(OptionsTestCase):
         service = makeService(self.parse([]), reactor=MemoryReactorClock())
         self.assertEqual([child for child in service
                           if isinstance(child, (RedisProxyReports, RedisTraceStore))], [])
+
+
+class EtcdDatabaseTests(OptionsTestCase):
+    """--database-type etcd and --database-host make the etcd rule store."""
+
+    def test_urls(self):
+        """The comma-separated client URLs, in order; the default prefix."""
+        options = self.parse(["--database-type", "etcd", "--database-host",
+                              "http://10.0.0.1:2379, https://etcd.local:2379/"])
+        self.assertEqual(options["etcd-urls"],
+                         ("http://10.0.0.1:2379", "https://etcd.local:2379"))
+        self.assertEqual(options["database-prefix"], "/amalgam8/controller/")
+
+    def test_environment(self):
+        """A8_DATABASE_TYPE=etcd with A8_DATABASE_HOST and A8_DATABASE_PREFIX."""
+        options = self.parse(environ={"A8_DATABASE_TYPE": "ETCD",
+                                      "A8_DATABASE_HOST": "http://127.0.0.1:2379",
+                                      "A8_DATABASE_PREFIX": "/a8/staging"})
+        self.assertEqual(options["etcd-urls"], ("http://127.0.0.1:2379",))
+        self.assertEqual(options["database-prefix"], "/a8/staging/")
+
+    def test_needs_host(self):
+        """--database-type etcd without URLs stops the start naming --database-host."""
+        self.parse_bad(["--database-type", "etcd"],
+                       names=["--database-host", "A8_DATABASE_HOST"])
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "etcd", "A8_DATABASE_HOST": " , "},
+                       names=["--database-host", "A8_DATABASE_HOST"])
+
+    def test_bad_urls(self):
+        """A host that is not http(s) URLs stops the start, naming it."""
+        for bad in ("127.0.0.1:2379", "etcd://h:2379", "http://h:99999",
+                    "http://a:1,http://a:1"):
+            self.parse_bad(["--database-type", "etcd", "--database-host", bad],
+                           names=["--database-host"])
+
+    def test_password_refused(self):
+        """A password for etcd is refused: user authentication is not supported."""
+        text = self.parse_bad(["--database-type", "etcd", "--database-host",
+                               "http://127.0.0.1:2379", "--database-password", "pw"],
+                              names=["--database-password"])
+        self.assertIn("not supported", text)
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "etcd",
+                                "A8_DATABASE_HOST": "http://127.0.0.1:2379",
+                                "A8_DATABASE_PASSWORD": "pw"},
+                       names=["A8_DATABASE_PASSWORD"])
+
+    def test_bad_prefix(self):
+        """A prefix that is not a key path stops the start, naming it."""
+        self.parse_bad(["--database-type", "etcd", "--database-host",
+                        "http://127.0.0.1:2379", "--database-prefix", "a8//x"],
+                       names=["--database-prefix"])
+
+    def test_make_service(self):
+        """makeService puts an etcd rule store on those URLs and that prefix in the tree;
+        nothing connects before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "etcd", "--database-host",
+                              "http://127.0.0.1:2379,http://127.0.0.1:22379",
+                              "--database-prefix", "/a8/"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, EtcdStore)]
+        self.assertEqual(store.client.urls, ("http://127.0.0.1:2379", "http://127.0.0.1:22379"))
+        self.assertEqual(store.prefix, "/a8/")
+        self.assertProvides(IRuleStore, store)
+        self.assertProvides(IService, store)
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_processes_allowed(self):
+        """--processes above 1 is allowed with etcd (a shared store): makeService is told
+        the store is shared."""
+        seen = []
+        from amalgam8.server import ServerParts
+        real = ServerParts.serve
+
+        def serve(parts, resource, shared_store=False):
+            seen.append(shared_store)
+            return real(parts, resource, shared_store=False)
+
+        self.patch(ServerParts, "serve", serve)
+        makeService(self.parse(["--database-type", "etcd", "--database-host",
+                                "http://127.0.0.1:2379"]), reactor=MemoryReactorClock())
+        makeService(self.parse([]), reactor=MemoryReactorClock())
+        self.assertEqual(seen, [True, False])
 
 
 class StoreInterfaceTests(OptionsTestCase):

@@ -15,7 +15,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.logger import Logger
 
 from amalgam8.controller.model import encode
@@ -69,6 +69,7 @@ class ControllerAPI:
     def __init__(self, store, authenticator, clock, proxies=None, traces=None, metrics=None,
                  require_https=False, metrics_token=None):
         self._store = store
+        self._changing = {}
         self._auth = authenticator
         self._clock = clock
         self._proxies = proxies if proxies is not None else ProxyReports(clock)
@@ -166,8 +167,23 @@ class ControllerAPI:
     async def _change(self, namespace, compute):
         """
         Apply C{compute(ruleset) -> (new rules, answer)} as one change, retrying when the
-        store's revision moved on meanwhile.
+        store's revision moved on meanwhile. The changes of one namespace made through this
+        controller go one at a time: with a shared store, changes made at once through one
+        replica would otherwise race each other for the same revision (only one of them
+        can win each round) and could run out of retries.
         """
+        lock = self._changing.get(namespace)
+        if lock is None:
+            lock = self._changing[namespace] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await self._change_now(namespace, compute)
+        finally:
+            lock.release()
+            if not lock.locked and self._changing.get(namespace) is lock:
+                del self._changing[namespace]
+
+    async def _change_now(self, namespace, compute):
         for _ in range(10):
             ruleset = await self.watch.current(namespace)
             rules, answer = compute(ruleset)
