@@ -9,8 +9,9 @@ Two APIs, one class each, both over several endpoint URLs with failover:
   every call is a C{POST} of a JSON body; keys and values are base64 in JSON and 64-bit
   integers are strings. L{EtcdV3.range} (and L{EtcdV3.range_all}, every page at one
   revision), L{EtcdV3.put}, L{EtcdV3.delete_range}, L{EtcdV3.txn} (with L{compare} and the
-  C{op_*} requests: an atomic compare-and-swap), leases (L{EtcdV3.lease_grant},
-  L{EtcdV3.lease_keepalive}, L{EtcdV3.lease_revoke}), L{EtcdV3.compact}, and
+  C{op_*} requests: an atomic compare-and-swap; a C{readonly} one fails over like a read),
+  leases (L{EtcdV3.lease_grant}, L{EtcdV3.lease_keepalive}, L{EtcdV3.lease_revoke}),
+  L{EtcdV3.compact}, and
   L{EtcdV3.watch}: a stream of C{{"result": ...}} JSON objects, one a line, read as
   L{WatchResult}s.
 - L{EtcdV2}: the v2 keys API (C{/v2/keys/...}; etcd 3.4 serves it with C{--enable-v2}):
@@ -488,8 +489,11 @@ class _Endpoints:
         if timeout is _DEFAULT:
             timeout = self.timeout
         attempts = []
+        # From the endpoint that answered last, each once (another request may move
+        # self.current meanwhile).
+        first = self.current
         for step in range(len(self.urls)):
-            index = (self.current + step) % len(self.urls)
+            index = (first + step) % len(self.urls)
             url = self.urls[index]
             timed_out = []
             d = self.http.request(method, url + path, data=data, headers=headers,
@@ -632,29 +636,32 @@ class EtcdV3:
     def urls(self):
         return self.endpoints.urls
 
-    async def _call(self, path, body, idempotent):
+    async def _call(self, path, body, idempotent, timeout=_DEFAULT):
         data = json.dumps(body).encode("utf-8")
         url, response = await self.endpoints.request(
             "POST", "/v3/" + path, data=data,
-            headers={b"Content-Type": [b"application/json"]}, idempotent=idempotent)
+            headers={b"Content-Type": [b"application/json"]}, idempotent=idempotent,
+            timeout=timeout)
         content = await _content(response, url)
         if response.code != 200:
             raise _v3_error(content, response.code, url)
         return _json_object(content, response.code, url)
 
     async def range(self, key, range_end=None, prefix=False, revision=None, limit=None,
-                    keys_only=False, serializable=False, count_only=False):
+                    keys_only=False, serializable=False, count_only=False,
+                    timeout=_DEFAULT):
         """
         The keys from C{key} to C{range_end} (exclusive), or every key under C{key} with
         C{prefix}, or C{key} alone.
 
         @param revision: read at that revision (L{None}: the latest).
+        @param timeout: seconds each endpoint has to answer (default: the client's).
         @return: a L{RangeResult}.
         @raise Compacted: C{revision} is compacted.
         """
         body = _range_body(key, range_end, prefix, revision, limit, keys_only, serializable,
                            count_only)
-        return RangeResult.from_json(await self._call("kv/range", body, True))
+        return RangeResult.from_json(await self._call("kv/range", body, True, timeout))
 
     async def range_all(self, key, range_end=None, prefix=False, page=1000):
         """
@@ -684,16 +691,24 @@ class EtcdV3:
         return DeleteResult.from_json(await self._call(
             "kv/deleterange", _delete_body(key, range_end, prefix, prev_kv), False))
 
-    async def txn(self, compare=(), success=(), failure=()):
+    async def txn(self, compare=(), success=(), failure=(), readonly=False,
+                  timeout=_DEFAULT):
         """
         If every comparison (L{compare}) holds, run C{success}, else C{failure} (lists of
         L{op_range}, L{op_put}, L{op_delete}), atomically.
 
+        @param readonly: the requests only read (L{op_range}): the txn may then be sent to
+            the next endpoint when one fails, as a range is, since sending it twice changes
+            nothing.
+        @param timeout: seconds each endpoint has to answer (default: the client's).
         @return: a L{TxnResult}.
         """
         body = {"compare": list(compare), "success": list(success),
                 "failure": list(failure)}
-        return TxnResult.from_json(await self._call("kv/txn", body, False))
+        if readonly and any("request_range" not in op for op in body["success"]
+                            + body["failure"]):
+            raise ValueError("a readonly txn may hold only range requests")
+        return TxnResult.from_json(await self._call("kv/txn", body, readonly, timeout))
 
     async def compact(self, revision, physical=False):
         """
@@ -1062,12 +1077,17 @@ def _v2_error(decoded, status, url):
                 url=url)
 
 
-def etcd_http_client(reactor):
+def etcd_http_client(reactor, ca=None, connections_per_endpoint=None):
     """
     The production HTTP client of an etcd client: treq over a pooled C{Agent} that
     connects to IP addresses directly (L{amalgam8.client.DirectEndpoints}: a refused
     endpoint fails over at once).
 
+    @param ca: the path of a PEM file of the authorities that signed the certificates of
+        C{https} endpoints (L{None}: the system's).
+    @param connections_per_endpoint: the idle connections kept open to each endpoint
+        (L{None}: the pool's default, 2); a store that sends many requests at once keeps
+        more.
     @return: C{(HTTPClient, HTTPConnectionPool)}; close the pool's connections
         (C{closeCachedConnections}) when done.
     """
@@ -1080,7 +1100,17 @@ def etcd_http_client(reactor):
         # One "Starting factory" log line per connection is noise (as in client.py).
         noisy = False
 
+    tls = None
+    if ca is not None:
+        from twisted.internet import ssl
+
+        from amalgam8.adapters.kubernetes import trust_policy
+
+        with open(ca, "rb") as f:
+            tls = trust_policy(ssl.Certificate.loadPEM(f.read()))
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = QuietFactory
-    agent = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor), pool=pool)
+    if connections_per_endpoint is not None:
+        pool.maxPersistentPerHost = connections_per_endpoint
+    agent = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor, tls=tls), pool=pool)
     return HTTPClient(agent), pool

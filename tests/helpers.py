@@ -1,6 +1,7 @@
 """
 What the test modules of the servers share: answers read whole, JWTs, Prometheus samples,
-strategies of arbitrary JSON, and a protocol for the real twistd processes.
+strategies of arbitrary JSON, a protocol for the real twistd processes, and a mixin that
+starts them.
 """
 
 import json
@@ -27,6 +28,7 @@ __all__ = [
     "child_environment",
     "ServerProcess",
     "until",
+    "ServerProcesses",
 ]
 
 
@@ -206,3 +208,68 @@ async def until(reactor, check, what, timeout=15.0, interval=0.05):
             raise AssertionError("timed out after {} s waiting for {} (last: {!r})".format(
                 timeout, what, last))
         await deferLater(reactor, interval, lambda: None)
+class ServerProcesses:
+    """
+    A mixin for a C{trial.unittest.TestCase} that starts real C{twistd -n <program>}
+    processes on free loopback ports and talks HTTP to them; each is stopped in clean-up
+    (TERM, then KILL).
+
+    @ivar processes: the L{ServerProcess} of each program started.
+    """
+
+    def setUpProcesses(self):
+        from treq.client import HTTPClient
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self.processes = []
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.http = HTTPClient(Agent(reactor, pool=pool))
+
+    async def spawn(self, program, env, listen="tcp:0:interface=127.0.0.1"):
+        """Start C{twistd -n <program>} with C{env}; returns its base URL."""
+        from twisted.internet import reactor
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        protocol = ServerProcess(reactor, "{} listening on ".format(program))
+        argv = twistd_command() + ["-n", "--pidfile=", "--logger",
+                                   "amalgam8.logs.json_observer", program,
+                                   "--listen", listen]
+        reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
+                             path=directory)
+        self.addCleanup(self._stop_process, protocol)
+        host, port = await protocol.listening(timeout=20)
+        self.processes.append(protocol)
+        return "http://{}:{}".format(host, port)
+
+    async def _stop_process(self, protocol):
+        from twisted.internet.error import ProcessExitedAlready
+
+        if protocol.exit is not None:
+            return
+        try:
+            protocol.transport.signalProcess("TERM")
+        except ProcessExitedAlready:
+            return
+        try:
+            await protocol.ended(timeout=10)
+        except Exception:
+            protocol.transport.signalProcess("KILL")
+            await protocol.ended(timeout=5)
+
+    async def call(self, method, url, body=None, timeout=10):
+        """One request; C{(response, body bytes)}."""
+        from twisted.internet import reactor
+
+        kwargs = {} if body is None else {"json": body}
+        response = await self.http.request(method, url, **kwargs).addTimeout(
+            timeout, reactor)
+        return response, await response.content()
+
+    def assertNoTraceback(self):
+        """No process started logged a traceback."""
+        for protocol in self.processes:
+            lines = protocol.stderr + protocol.stdout
+            self.assertFalse([line for line in lines if "Traceback" in line], lines[-20:])

@@ -196,7 +196,7 @@ class RecipeRunTests(A8ctlTestCase):
         data = json.loads(out)
         self.assertEqual(data["records"], 6)
         self.assertEqual([r["passed"] for r in data["results"]], [True, False])
-        self.assertEqual(len(self.buffer.query("default")[0]), 0)
+        self.assertEqual(len(self.successResultOf(self.buffer.query("default"))[0]), 0)
 
     def test_logs_missing(self):
         code, out, err = self.run_recipe("--load", "3", "--gateway", "http://gateway/pp/",

@@ -193,9 +193,9 @@ class ControllerTestCase(SynchronousTestCase):
         for name in sorted(names):
             ruleset = self.successResultOf(self.store.get(name))
             rules[name] = (ruleset.revision, copy.deepcopy(list(ruleset.rules)))
-        proxies = {name: [r.as_dict() for r in self.proxies.live(name)]
+        proxies = {name: [r.as_dict() for r in self.successResultOf(self.proxies.live(name))]
                    for name in sorted(names)}
-        traces = {name: self.traces.query(name, limit=1_000_000)[0]
+        traces = {name: self.successResultOf(self.traces.query(name, limit=1_000_000))[0]
                   for name in sorted(names)}
         return rules, proxies, traces, self.traces.stats()
 
@@ -1057,6 +1057,57 @@ class LateReadTests(ReadTests):
     """The same reads on a store whose answers come later."""
 
     late = True
+
+
+class ConcurrentChangeTests(ControllerTestCase):
+    """Changes made at once through one controller, on a store that answers later (as a
+    shared Redis or etcd store does)."""
+
+    late = True
+
+    def test_one_at_a_time(self):
+        """Thirty POSTs sent at once all succeed, each with its own revision, without
+        racing each other for the store's revision (no Conflict reaches the store)."""
+        puts = []
+        real_put = self.store.put
+
+        def put(namespace, revision, rules):
+            d = real_put(namespace, revision, rules)
+            puts.append(d)
+            return d
+
+        self.store.put = put
+        started = [self.start(b"POST", RULES, json_body={"rules": [route(id="r%d" % n)]})
+                   for n in range(30)]
+        self.http.flush()
+        answers = [self.successResultOf(d) for d in started]
+        self.assertEqual([a.code for a in answers], [201] * 30)
+        self.assertEqual(sorted(int(a.header(b"a8-revision")) for a in answers),
+                         list(range(1, 31)))
+        self.assertEqual(len(puts), 30)       # one put each: none lost a race
+        self.assertEqual(self.api._changing, {})
+        self.assertEqual(len(self.ids()), 30)
+
+
+
+class ConcurrentNamespaceChangeTests(ControllerTestCase):
+    """Changes of different namespaces through one controller."""
+
+    late = True
+    modes = ("trusted",)
+
+    def test_namespaces_apart(self):
+        """A change of one namespace does not wait for one of another: both are with
+        the store at once."""
+        first = self.start(b"POST", RULES, json_body={"rules": [route(id="a")]}, token="a")
+        second = self.start(b"POST", RULES, json_body={"rules": [route(id="b")]}, token="b")
+        self.pump()        # the requests arrive; no answer of the store is delivered yet
+        self.assertEqual(sorted(self.api._changing), ["a", "b"])
+        self.assertEqual(self.later.pending, 2)     # both reads of the rules are out
+        self.http.flush()
+        self.assertEqual([self.successResultOf(d).code for d in (first, second)],
+                         [201, 201])
+        self.assertEqual(self.api._changing, {})
 
 
 class GroupedReadTests(ControllerTestCase):

@@ -146,6 +146,50 @@ class RedisRuleReplicaTests(RedisCase, SynchronousTestCase):
         stored = json.loads(self.redis.command("HGET", "a8:c:default", "rules"))
         self.assertEqual(stored, [rule])
 
+    def test_revision_never_backwards_after_data_loss(self):
+        """Redis losing its data (a restart without persistence, FLUSHALL): the revision
+        this replica has seen is not handed out again. A read finds the rules gone at a
+        new revision past it, which wakes the blocking readers, and the next write is
+        above that; the other replica, which saw the same revisions, agrees."""
+        for n in range(3):
+            self.result(self.one.put("default", n, [route_rule("r%d" % n)]))
+        self.later.flush()
+        waiter = self.two.wait_for_change("default", 3)
+        self.redis.command("FLUSHALL")
+        ruleset = self.result(self.one.get("default"))
+        self.assertEqual((ruleset.revision, ruleset.rules), (4, ()))
+        self.assertEqual(self.result(waiter), 4)
+        self.assertEqual(self.result(self.two.get("default")).revision, 4)
+        self.assertEqual(self.result(self.two.put("default", 4, [route_rule("x")])).revision,
+                         5)
+        self.later.flush()                          # one learns of it from the message
+        self.assertEqual(self.one.namespaces(), ["default"])
+
+    def test_revision_never_backwards_after_lost_write(self):
+        """A failover that lost the last write (the new master is a revision behind what
+        the replicas saw): a read gets the rules the master kept at a revision past the
+        lost one, never the lost revision with other rules."""
+        self.result(self.one.put("default", 0, [route_rule("a")]))
+        self.result(self.one.put("default", 1, [route_rule("a"), route_rule("b")]))
+        kept = self.redis.command("HGET", "a8:c:default", "rules")
+        self.result(self.one.put("default", 2, [route_rule("lost")]))
+        self.later.flush()
+        self.redis.command("HSET", "a8:c:default", "revision", "2", "rules", kept,
+                           "stamp", "s2")
+        for store in (self.two, self.one):
+            ruleset = self.result(store.get("default"))
+            self.assertEqual(ruleset.revision, 4)
+            self.assertEqual([r["id"] for r in ruleset.rules], ["a", "b"])
+
+    def test_put_above_floor(self):
+        """A put computed from a read of the lost state is above every revision this
+        replica saw, even when the loss happened between the read and the put."""
+        for n in range(3):
+            self.result(self.one.put("default", n, [route_rule("r%d" % n)]))
+        self.redis.command("HSET", "a8:c:default", "revision", "1")
+        ruleset = self.result(self.one.put("default", 1, [route_rule("x")]))
+        self.assertEqual(ruleset.revision, 4)
+
     def test_no_replica_no_wait(self):
         """A master without replicas does not WAIT (the write is not slowed)."""
         started = time.monotonic()

@@ -18,10 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from amalgam8.controller.store import FileStore, MemoryStore
+from amalgam8.controller.proxies_redis import RedisProxyReports
+from amalgam8.controller.store.etcd import EtcdStore
 from amalgam8.controller.store.redis import RedisStore
+from amalgam8.controller.traces_redis import RedisTraceStore
 from amalgam8.redislink import RedisAddress
 from amalgam8.controller.tap import Options, makeService
-from amalgam8.interfaces import IRuleStore
+from amalgam8.interfaces import IProxyReports, IRuleStore, ITraceStore
 from tests.auth_fallback import AuthFallbackChecks
 
 RULE = {"id": "r1", "destination": "reviews", "route": {"backends": [{"tags": ["v1"]}]}}
@@ -74,6 +77,10 @@ GOOD = [
     ("metrics-token", "A8_METRICS_TOKEN", "scrape", "scrape"),
     ("database-type", "A8_DATABASE_TYPE", "memory", "memory"),
     ("database-password", "A8_DATABASE_PASSWORD", "pw", "pw"),
+    ("database-prefix", "A8_DATABASE_PREFIX", "/a8/prod", "/a8/prod/"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379, [::1]:26380",
+     (("s1", 26379), ("::1", 26380))),
+    ("database-master", "A8_DATABASE_MASTER", "a8", "a8"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "500", 500),
     ("proxy-report-interval", "A8_PROXY_REPORT_INTERVAL", "1m30s", 90.0),
 ]
@@ -85,8 +92,11 @@ BAD = [
     ("require-https", "A8_REQUIRE_HTTPS", "maybe"),
     ("log-level", "A8_LOG_LEVEL", "loud"),
     ("database-type", "A8_DATABASE_TYPE", "mongo"),
-    ("database-type", "A8_DATABASE_TYPE", "etcd"),
+    ("database-prefix", "A8_DATABASE_PREFIX", "amalgam8"),
     ("database-tls-ca", "A8_DATABASE_TLS_CA", "/no/such/ca.pem"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "s1:26379,s2:0"),
+    ("database-sentinels", "A8_DATABASE_SENTINELS", "::1:26379"),
+    ("database-master", "A8_DATABASE_MASTER", "a\tb"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "lots"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "0"),
     ("trace-capacity", "A8_TRACE_CAPACITY", "-5"),
@@ -560,10 +570,43 @@ class RedisDatabaseTests(OptionsTestCase):
         self.parse_bad(environ={"A8_DATABASE_TYPE": "redis", "A8_DATABASE_HOST": "h:0"},
                        names=["A8_DATABASE_HOST"])
 
-    def test_etcd_reserved(self):
-        """etcd is refused with a message saying it is not available yet."""
-        text = self.parse_bad(["--database-type", "etcd"], names=["--database-type"])
-        self.assertIn("not available", text)
+    def test_sentinels(self):
+        """--database-sentinels with --database-master make an address of the master the
+        Sentinels name (database 0, the password given)."""
+        options = self.parse(["--database-type", "redis", "--database-sentinels",
+                              "s1:26379,s2:26380", "--database-master", "a8",
+                              "--database-password", "pw"])
+        self.assertEqual(options["redis-address"], RedisAddress.of_sentinels(
+            [("s1", 26379), ("s2", 26380)], "a8", password="pw"))
+        options = self.parse(environ={"A8_DATABASE_TYPE": "redis",
+                                      "A8_DATABASE_SENTINELS": "s:26379",
+                                      "A8_DATABASE_MASTER": "a8"})
+        self.assertEqual(options["redis-address"].sentinels, (("s", 26379),))
+
+    def test_sentinels_bad(self):
+        """Sentinels without a master name, a master name without Sentinels, and both
+        Sentinels and a host stop the start: one line naming the settings, status 2."""
+        redis = ["--database-type", "redis"]
+        self.parse_bad(redis + ["--database-sentinels", "s:26379"],
+                       names=["--database-master"])
+        self.parse_bad(redis + ["--database-master", "a8"], names=["--database-sentinels"])
+        self.parse_bad(redis + ["--database-sentinels", "s:26379", "--database-master", "a8",
+                                "--database-host", "h:1"],
+                       names=["--database-sentinels", "--database-host"])
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "redis",
+                                "A8_DATABASE_MASTER": "a8"},
+                       names=["A8_DATABASE_MASTER", "--database-sentinels"])
+
+    def test_make_service_sentinels(self):
+        """makeService gives the rule store the Sentinels' address; nothing connects
+        before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "redis", "--database-sentinels",
+                              "127.0.0.1:26379", "--database-master", "a8"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, RedisStore)]
+        self.assertEqual(store.link.address.sentinels, (("127.0.0.1", 26379),))
+        self.assertEqual(reactor.tcpClients, [])
 
     def test_make_service(self):
         """makeService puts a Redis rule store in the tree; nothing connects before the
@@ -575,6 +618,116 @@ class RedisDatabaseTests(OptionsTestCase):
         self.assertEqual(store.link.address, RedisAddress("127.0.0.1", 6379))
         self.assertProvides(IRuleStore, store)
         self.assertEqual(reactor.tcpClients, [])
+
+    def test_make_service_shares_reports_and_traces(self):
+        """With the Redis database the proxy reports and the trace records are in the same
+        Redis (with --proxy-report-interval and --trace-capacity), on the reactor's clock;
+        nothing connects before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "redis", "--database-host",
+                              "redis://:pw@10.0.0.5:7000/3", "--proxy-report-interval",
+                              "10s", "--trace-capacity", "500"])
+        service = makeService(options, reactor=reactor)
+        address = RedisAddress("10.0.0.5", 7000, password="pw", database=3)
+        [proxies] = [child for child in service if isinstance(child, RedisProxyReports)]
+        [traces] = [child for child in service if isinstance(child, RedisTraceStore)]
+        self.assertProvides(IProxyReports, proxies)
+        self.assertProvides(ITraceStore, traces)
+        self.assertEqual((proxies.link.address, proxies.interval, proxies.clock),
+                         (address, 10.0, reactor))
+        self.assertEqual((traces.link.address, traces.capacity, traces.clock),
+                         (address, 500, reactor))
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_memory_keeps_reports_in_process(self):
+        """Without Redis, no report or trace store is a service of the tree (they are
+        in memory, in the API)."""
+        service = makeService(self.parse([]), reactor=MemoryReactorClock())
+        self.assertEqual([child for child in service
+                          if isinstance(child, (RedisProxyReports, RedisTraceStore))], [])
+
+
+class EtcdDatabaseTests(OptionsTestCase):
+    """--database-type etcd and --database-host make the etcd rule store."""
+
+    def test_urls(self):
+        """The comma-separated client URLs, in order; the default prefix."""
+        options = self.parse(["--database-type", "etcd", "--database-host",
+                              "http://10.0.0.1:2379, https://etcd.local:2379/"])
+        self.assertEqual(options["etcd-urls"],
+                         ("http://10.0.0.1:2379", "https://etcd.local:2379"))
+        self.assertEqual(options["database-prefix"], "/amalgam8/controller/")
+
+    def test_environment(self):
+        """A8_DATABASE_TYPE=etcd with A8_DATABASE_HOST and A8_DATABASE_PREFIX."""
+        options = self.parse(environ={"A8_DATABASE_TYPE": "ETCD",
+                                      "A8_DATABASE_HOST": "http://127.0.0.1:2379",
+                                      "A8_DATABASE_PREFIX": "/a8/staging"})
+        self.assertEqual(options["etcd-urls"], ("http://127.0.0.1:2379",))
+        self.assertEqual(options["database-prefix"], "/a8/staging/")
+
+    def test_needs_host(self):
+        """--database-type etcd without URLs stops the start naming --database-host."""
+        self.parse_bad(["--database-type", "etcd"],
+                       names=["--database-host", "A8_DATABASE_HOST"])
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "etcd", "A8_DATABASE_HOST": " , "},
+                       names=["--database-host", "A8_DATABASE_HOST"])
+
+    def test_bad_urls(self):
+        """A host that is not http(s) URLs stops the start, naming it."""
+        for bad in ("127.0.0.1:2379", "etcd://h:2379", "http://h:99999",
+                    "http://a:1,http://a:1"):
+            self.parse_bad(["--database-type", "etcd", "--database-host", bad],
+                           names=["--database-host"])
+
+    def test_password_refused(self):
+        """A password for etcd is refused: user authentication is not supported."""
+        text = self.parse_bad(["--database-type", "etcd", "--database-host",
+                               "http://127.0.0.1:2379", "--database-password", "pw"],
+                              names=["--database-password"])
+        self.assertIn("not supported", text)
+        self.parse_bad(environ={"A8_DATABASE_TYPE": "etcd",
+                                "A8_DATABASE_HOST": "http://127.0.0.1:2379",
+                                "A8_DATABASE_PASSWORD": "pw"},
+                       names=["A8_DATABASE_PASSWORD"])
+
+    def test_bad_prefix(self):
+        """A prefix that is not a key path stops the start, naming it."""
+        self.parse_bad(["--database-type", "etcd", "--database-host",
+                        "http://127.0.0.1:2379", "--database-prefix", "a8//x"],
+                       names=["--database-prefix"])
+
+    def test_make_service(self):
+        """makeService puts an etcd rule store on those URLs and that prefix in the tree;
+        nothing connects before the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--database-type", "etcd", "--database-host",
+                              "http://127.0.0.1:2379,http://127.0.0.1:22379",
+                              "--database-prefix", "/a8/"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, EtcdStore)]
+        self.assertEqual(store.client.urls, ("http://127.0.0.1:2379", "http://127.0.0.1:22379"))
+        self.assertEqual(store.prefix, "/a8/")
+        self.assertProvides(IRuleStore, store)
+        self.assertProvides(IService, store)
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_processes_allowed(self):
+        """--processes above 1 is allowed with etcd (a shared store): makeService is told
+        the store is shared."""
+        seen = []
+        from amalgam8.server import ServerParts
+        real = ServerParts.serve
+
+        def serve(parts, resource, shared_store=False):
+            seen.append(shared_store)
+            return real(parts, resource, shared_store=False)
+
+        self.patch(ServerParts, "serve", serve)
+        makeService(self.parse(["--database-type", "etcd", "--database-host",
+                                "http://127.0.0.1:2379"]), reactor=MemoryReactorClock())
+        makeService(self.parse([]), reactor=MemoryReactorClock())
+        self.assertEqual(seen, [True, False])
 
 
 class StoreInterfaceTests(OptionsTestCase):

@@ -65,6 +65,18 @@ class RuleWatchTests(FlushingResults, SynchronousTestCase):
         ruleset, body, cached = self.successResultOf(self.read())
         self.assertEqual((ruleset.revision, body, cached), (2, b"2:2", False))
 
+    def test_reused_revision_never_stale(self):
+        """A store that answers a revision again with other rules (one that lost its data
+        and counted again) gets its rules encoded, not the cached encoding of the rules
+        that revision had before; the new rules' encoding is then the one cached."""
+        self.put("a")
+        self.assertEqual(self.successResultOf(self.read())[1:], (b"1:1", False))
+        self.store._sets["ns"] = RuleSet(1, [route_rule("b"), route_rule("c")])
+        ruleset, body, cached = self.successResultOf(self.read())
+        self.assertEqual((ruleset.revision, body, cached), (1, b"1:2", False))
+        self.assertEqual(self.successResultOf(self.read())[1:], (b"1:2", True))
+        self.assertEqual(self.watch.snapshot("ns").by_id.keys(), {"b", "c"})
+
     def test_limit(self):
         """At most limit encodings are kept per revision; the rest are made each time."""
         self.put("a")

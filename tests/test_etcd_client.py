@@ -447,6 +447,44 @@ class FailoverTests(SynchronousTestCase):
         self.successResultOf(client.range("/k"))         # a read moves on
         self.assertEqual(self.routes.calls[-2:], [("POST", A), ("POST", B)])
 
+    def test_each_endpoint_once(self):
+        """A request tries each endpoint once, in order from where it began, even when
+        another request moves the current endpoint meanwhile."""
+        c = "http://c:2379"
+        self.routes = Routes({A: "hang", B: "refused", c: StubTreq(self.b)})
+        client = EtcdV3(self.routes, [A, B, c], self.clock, timeout=5)
+        d = ensureDeferred(client.range("/k"))
+        client.endpoints.current = 2         # another request found c meanwhile
+        self.clock.advance(5)
+        self.assertEqual(self.successResultOf(d).revision, 7)
+        self.assertEqual(self.routes.calls, [("POST", A), ("POST", B), ("POST", c)])
+
+    def test_readonly_txn_moves_on(self):
+        """A txn marked readonly is sent to the next endpoint when the connection to the
+        first broke (as a read is); one that writes is not."""
+        self.b = Scripted([answer(dict(HEADER, succeeded=True))] * 2)
+        client = self.client("broken")
+        check = [compare("/k", "mod", "==", 3)]
+        result = self.successResultOf(ensureDeferred(client.txn(
+            check, [], [op_range("/k")], readonly=True)))
+        self.assertEqual((result.succeeded, result.revision), (True, 7))
+        self.assertEqual(self.routes.calls, [("POST", A), ("POST", B)])
+        client.endpoints.current = 0
+        failure = self.failureResultOf(ensureDeferred(client.txn(
+            check, [op_put("/k", "v")])), EtcdUnavailable)
+        self.assertTrue(failure.value.maybe_applied)
+        self.assertEqual(self.routes.calls[-1], ("POST", A))
+
+    def test_readonly_txn_only_reads(self):
+        """A readonly txn holding a put or a delete is refused before anything is sent."""
+        client = self.client("refused")
+        for op in (op_put("/k", "v"), op_delete("/k")):
+            self.failureResultOf(ensureDeferred(client.txn([], [op], readonly=True)),
+                                 ValueError)
+            self.failureResultOf(ensureDeferred(client.txn([], [], [op], readonly=True)),
+                                 ValueError)
+        self.assertEqual(self.routes.calls, [])
+
     def test_timeout(self):
         """An endpoint that does not answer in time is passed over (reads)."""
         client = self.client("hang")

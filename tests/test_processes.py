@@ -176,7 +176,8 @@ class ProcessesTests(TestCase):
     async def test_controller(self):
         """
         Both processes of C{a8controller --processes 2} answer on the port, as one
-        controller (a rule written is read by both); the parent SIGKILLed, the worker sees
+        controller (a rule written is read by both, and so are a proxy's report and a
+        trace record); the parent SIGKILLed, the worker sees
         its stdin close and exits by itself, and the port is closed.
         """
         protocol, base, worker = await self.start("a8controller", [
@@ -191,6 +192,19 @@ class ProcessesTests(TestCase):
             code, rules = await self.call("GET", base + "/v1/rules")
             self.assertEqual((code, rules["revision"], [r["id"] for r in rules["rules"]]),
                              (200, 1, ["r1"]))
+        # The proxy status and the trace records are the controller's, not a process's:
+        # every answer, from either process, has the one report and the one record.
+        report = {"service": "reviews", "tags": ["v1"], "revision": 1}
+        code, answer = await self.call("PUT", base + "/v1/proxies/p1", report)
+        self.assertEqual(code, 200, answer)
+        code, answer = await self.call("POST", base + "/v1/traces",
+                                       {"records": [{"gremlin_recipe_id": "r1"}]})
+        self.assertEqual(code, 202, answer)
+        for _ in range(20):
+            code, status = await self.call("GET", base + "/v1/rules/status")
+            self.assertEqual((code, status["proxies"], status["in_sync"]), (200, 1, 1))
+            code, traces = await self.call("GET", base + "/v1/traces")
+            self.assertEqual((code, traces["records"]), (200, [{"gremlin_recipe_id": "r1"}]))
 
         os.kill(parent, signal.SIGKILL)
         # The protocol ends once the worker, which holds the same stdout, has exited too.

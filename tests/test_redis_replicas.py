@@ -1,27 +1,24 @@
 """
 Integration tests: two real C{twistd -n a8registry} (and two C{a8controller}) processes on
 one real C{redis-server}, all on free loopback ports, are one service: what is written
-through one is read through the other, and wakes the blocking reads held on it.
+through one is read through the other, and wakes the blocking reads held on it; the
+controllers' proxy status and trace records are the same through either.
 """
 
 import json
-import os
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 
+from amalgam8.client import ControllerClient
+from amalgam8.live import wait_until_live
 from amalgam8.testing.redis import RedisServer, redis_missing
-from tests.helpers import ServerProcess, child_environment, twistd_command
-
-LOCAL = "tcp:0:interface=127.0.0.1"
+from tests.helpers import ServerProcesses
 
 
-class ReplicaProcessTests(TestCase):
+class ReplicaProcessTests(ServerProcesses, TestCase):
     """Replicas of the registry and of the controller on one Redis."""
 
     timeout = 60
@@ -33,48 +30,7 @@ class ReplicaProcessTests(TestCase):
         self.redis = RedisServer(self.mktemp())
         self.redis.start()
         self.addCleanup(self.redis.stop)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
-
-    async def spawn(self, program, env):
-        """Start C{twistd -n <program>} on 127.0.0.1; returns its base URL."""
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        protocol = ServerProcess(reactor, "{} listening on ".format(program))
-        argv = twistd_command() + ["-n", "--pidfile=", "--logger",
-                                   "amalgam8.logs.json_observer", program,
-                                   "--listen", LOCAL]
-        reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
-                             path=directory)
-        self.addCleanup(self._stop, protocol)
-        host, port = await protocol.listening(timeout=20)
-        self.processes = getattr(self, "processes", []) + [protocol]
-        return "http://{}:{}".format(host, port)
-
-    async def _stop(self, protocol):
-        if protocol.exit is not None:
-            return
-        try:
-            protocol.transport.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return
-        try:
-            await protocol.ended(timeout=10)
-        except Exception:
-            protocol.transport.signalProcess("KILL")
-            await protocol.ended(timeout=5)
-
-    async def call(self, method, url, body=None, timeout=10):
-        kwargs = {} if body is None else {"json": body}
-        response = await self.http.request(method, url, **kwargs).addTimeout(
-            timeout, reactor)
-        return response, await response.content()
-
-    def assertNoTraceback(self):
-        for protocol in self.processes:
-            lines = protocol.stderr + protocol.stdout
-            self.assertFalse([line for line in lines if "Traceback" in line], lines[-20:])
+        self.setUpProcesses()
 
     async def test_registry_replicas(self):
         """A registration through one registry is listed by the other and wakes the
@@ -154,4 +110,56 @@ class ReplicaProcessTests(TestCase):
         response, content = await self.call("GET", one + "/v1/rules")
         self.assertEqual((json.loads(content)["revision"], json.loads(content)["rules"]),
                          (2, []))
+        self.assertNoTraceback()
+
+    async def test_controller_status_and_traces_shared(self):
+        """
+        A proxy reporting through one controller process is seen through the other: its
+        status counts it, and a8ctl's wait (amalgam8.live over the client, as C{--wait})
+        through the other ends once it has the revision; trace records posted through
+        both are read whole, in one order, through either; with Redis gone the status and
+        the trace records answer 503 through both.
+        """
+        env = {"A8_DATABASE_TYPE": "redis", "A8_DATABASE_HOST": self.redis.address}
+        one = await self.spawn("a8controller", env)
+        two = await self.spawn("a8controller", env)
+        rule = {"id": "r1", "destination": "reviews",
+                "route": {"backends": [{"tags": ["v1"]}]}}
+        response, content = await self.call("POST", one + "/v1/rules", {"rules": [rule]})
+        self.assertEqual(response.code, 201, content)
+        report = {"service": "reviews", "tags": ["v1"], "revision": 1,
+                  "applied_at": "2027-01-15T08:00:00Z"}
+        response, content = await self.call("PUT", one + "/v1/proxies/p1", report)
+        self.assertEqual(response.code, 200, content)
+        response, content = await self.call("GET", two + "/v1/rules/status")
+        self.assertEqual(response.code, 200, content)
+        status = json.loads(content)
+        self.assertEqual((status["revision"], status["proxies"], status["in_sync"]),
+                         (1, 1, 1))
+        client = ControllerClient(self.http, two, reactor=reactor, timeout=10)
+        waited = await wait_until_live(reactor, client, 1, timeout=10, interval=0.05)
+        self.assertEqual((waited["proxies"], waited["in_sync"]), (1, 1))
+
+        sent = []
+        for n, base in enumerate((one, two, one, two)):
+            records = [{"n": n * 10 + k, "gremlin_recipe_id": "r1"} for k in range(10)]
+            sent.extend(records)
+            response, content = await self.call("POST", base + "/v1/traces",
+                                                {"records": records})
+            self.assertEqual(response.code, 202, content)
+        for base in (one, two):
+            response, content = await self.call(
+                "GET", base + "/v1/traces?log_key=gremlin_recipe_id&log_value=r1")
+            self.assertEqual(json.loads(content),
+                             {"records": sent, "next": None, "dropped": 0})
+
+        self.redis.kill()
+        for base in (one, two):
+            for method, path, body in (("PUT", "/v1/proxies/p1", report),
+                                       ("GET", "/v1/rules/status", None),
+                                       ("POST", "/v1/traces", {"records": [{"n": 99}]}),
+                                       ("GET", "/v1/traces", None)):
+                response, content = await self.call(method, base + path, body)
+                self.assertEqual(response.code, 503, (method, path, content))
+                self.assertEqual(json.loads(content)["error"], "error_store_unavailable")
         self.assertNoTraceback()

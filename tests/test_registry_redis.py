@@ -201,6 +201,28 @@ class RedisReplicaTests(RedisCase, SynchronousTestCase):
         self.result(self.two.register("default", registration()))
         self.assertGreater(self.result(self.one.instances("default"))[0], before)
 
+    def test_index_never_backwards_after_lost_changes(self):
+        """A failover that lost the last changes (the new master's index is behind what
+        the replicas saw): a read answers an index past every one seen, the change wakes
+        the waiters held past the lost index, and a registration takes the next one; no
+        index is handed out twice."""
+        first = self.result(self.one.register("default", registration(value="a:1")))
+        self.result(self.one.register("default", registration(value="b:1")))
+        lost = self.result(self.one.register("default", registration(value="c:1")))
+        seen = self.result(self.two.instances("default"))[0]
+        self.later.flush()
+        waiter = self.two.wait_for_change("default", seen)
+        # The new master has the first two changes only.
+        self.redis.command("HSET", "a8:r:default:meta", "index", "%d" % (seen - 1))
+        self.redis.command("HDEL", "a8:r:default:reg", lost.id)
+        after, listed = self.result(self.one.instances("default"))
+        self.assertEqual(after, seen + 1)
+        self.assertEqual(self.result(waiter), seen + 1)
+        self.assertEqual(len(listed), 2)
+        self.assertIn(first.id, [i.id for i in listed])
+        self.result(self.two.register("default", registration(value="d:1")))
+        self.assertEqual(self.result(self.one.instances("default"))[0], seen + 2)
+
     def test_script_reloaded(self):
         """After SCRIPT FLUSH (or a restarted Redis) the scripts are sent again."""
         self.result(self.one.register("default", registration()))

@@ -83,6 +83,7 @@ GOOD = [
     ("store-sentinels", "A8_STORE_SENTINELS", "s1:26379, s2",
      (("s1", 26379), ("s2", 6379))),
     ("store-master", "A8_STORE_MASTER", "a8", "a8"),
+    ("store-master", "A8_STORE_MASTER", " ", None),
     ("k8s-url", "A8_K8S_URL", "", None),
     ("k8s-url", "A8_K8S_URL", "https://k8s.local:6443/", "https://k8s.local:6443"),
     ("k8s-url", "A8_K8S_URL", "In-Cluster", "in-cluster"),
@@ -122,6 +123,8 @@ BAD = [
     ("store-tls-ca", "A8_STORE_TLS_CA", "/no/such/ca.pem"),
     ("store-prefix", "A8_STORE_PREFIX", "a b"),
     ("store-sentinels", "A8_STORE_SENTINELS", "s1:26379,s2:x"),
+    ("store-sentinels", "A8_STORE_SENTINELS", "s1:26379,,s2"),
+    ("store-master", "A8_STORE_MASTER", "my master"),
     ("k8s-url", "A8_K8S_URL", "ftp://k8s.local"),
     ("etcd-url", "A8_ETCD_URL", "127.0.0.1:2379"),
     ("etcd-api", "A8_ETCD_API", "v4"),
@@ -490,11 +493,45 @@ class RedisSettingsTests(OptionsTestCase):
         self.parse_bad(["--store", "redis"], names=["--store-address"])
         self.parse_bad(environ={"A8_STORE": "redis"}, names=["A8_STORE_ADDRESS"])
 
-    def test_sentinels_refused(self):
-        """Sentinels are checked but refused (not available in this version)."""
-        text = self.parse_bad(["--store", "redis", "--store-address", "h:1",
-                               "--store-sentinels", "s:26379"], names=["--store-sentinels"])
-        self.assertIn("not available", text)
+    def test_sentinels(self):
+        """--store-sentinels with --store-master make an address of the master the
+        Sentinels name, with the master's password, database and TLS."""
+        options = self.parse(["--store", "redis", "--store-sentinels", "s1:26379, s2:26380",
+                              "--store-master", "a8", "--store-password", "pw",
+                              "--store-database", "2", "--store-tls", "true"])
+        self.assertEqual(options["redis-address"], RedisAddress.of_sentinels(
+            [("s1", 26379), ("s2", 26380)], "a8", password="pw", database=2, tls=True))
+        options = self.parse(environ={"A8_STORE": "redis", "A8_STORE_SENTINELS": "s:26379",
+                                      "A8_STORE_MASTER": "a8"})
+        self.assertEqual(options["redis-address"].sentinels, (("s", 26379),))
+
+    def test_sentinels_bad(self):
+        """Sentinels without a master name, a master name without Sentinels, both
+        Sentinels and an address, a bad master name or a Sentinel named twice stop the
+        start: one line naming the settings, exit status 2."""
+        redis = ["--store", "redis"]
+        self.parse_bad(redis + ["--store-sentinels", "s:26379"], names=["--store-master"])
+        self.parse_bad(redis + ["--store-master", "a8"], names=["--store-sentinels"])
+        self.parse_bad(redis + ["--store-sentinels", "s:26379", "--store-master", "a8",
+                                "--store-address", "h:1"],
+                       names=["--store-sentinels", "--store-address"])
+        self.parse_bad(environ={"A8_STORE": "redis", "A8_STORE_SENTINELS": "s:26379"},
+                       names=["A8_STORE_MASTER", "A8_STORE_SENTINELS"])
+        self.parse_bad(redis + ["--store-sentinels", "s:26379", "--store-master", "a b"],
+                       names=["--store-master"])
+        self.parse_bad(redis + ["--store-sentinels", "s:1,s:1", "--store-master", "a8"],
+                       names=["--store-sentinels", "named twice"])
+
+    def test_make_service_sentinels(self):
+        """makeService gives the store the Sentinels' address; nothing connects before
+        the start."""
+        reactor = MemoryReactorClock()
+        options = self.parse(["--store", "redis", "--store-sentinels", "127.0.0.1:26379",
+                              "--store-master", "a8"])
+        service = makeService(options, reactor=reactor)
+        [store] = [child for child in service if isinstance(child, RedisStore)]
+        self.assertEqual(store.link.address.master, "a8")
+        self.assertEqual(reactor.tcpClients, [])
 
     def test_memory_ignores_redis(self):
         """The in-memory store makes no Redis address."""

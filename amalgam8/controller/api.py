@@ -15,7 +15,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.logger import Logger
 
 from amalgam8.controller.model import encode
@@ -58,6 +58,9 @@ class ControllerAPI:
     @ivar store: an L{amalgam8.interfaces.IRuleStore}.
     @ivar authenticator: an L{amalgam8.auth.Authenticator}.
     @ivar clock: the C{IReactorTime} for blocking reads and proxy reports.
+    @ivar proxies: the L{amalgam8.interfaces.IProxyReports} (default: in memory, on
+        C{clock}).
+    @ivar traces: the L{amalgam8.interfaces.ITraceStore} (default: in memory).
     """
 
     app = Klein()
@@ -66,6 +69,7 @@ class ControllerAPI:
     def __init__(self, store, authenticator, clock, proxies=None, traces=None, metrics=None,
                  require_https=False, metrics_token=None):
         self._store = store
+        self._changing = {}
         self._auth = authenticator
         self._clock = clock
         self._proxies = proxies if proxies is not None else ProxyReports(clock)
@@ -163,8 +167,23 @@ class ControllerAPI:
     async def _change(self, namespace, compute):
         """
         Apply C{compute(ruleset) -> (new rules, answer)} as one change, retrying when the
-        store's revision moved on meanwhile.
+        store's revision moved on meanwhile. The changes of one namespace made through this
+        controller go one at a time: with a shared store, changes made at once through one
+        replica would otherwise race each other for the same revision (only one of them
+        can win each round) and could run out of retries.
         """
+        lock = self._changing.get(namespace)
+        if lock is None:
+            lock = self._changing[namespace] = DeferredLock()
+        await lock.acquire()
+        try:
+            return await self._change_now(namespace, compute)
+        finally:
+            lock.release()
+            if not lock.locked and self._changing.get(namespace) is lock:
+                del self._changing[namespace]
+
+    async def _change_now(self, namespace, compute):
         for _ in range(10):
             ruleset = await self.watch.current(namespace)
             rules, answer = compute(ruleset)
@@ -297,7 +316,7 @@ class ControllerAPI:
             raise InvalidRequest("proxy id is longer than 256 characters")
         body = json_body(request)
         report = _proxy_report(body)
-        self._proxies.report(namespace, proxy_id, **report)
+        await self._proxies.report(namespace, proxy_id, **report)
         return _body(request, b"{}")
 
     @app.route("/v1/proxies", methods=["GET"])
@@ -305,8 +324,8 @@ class ControllerAPI:
     async def proxies(self, request):
         namespace = self.namespace(request)
         query(request, frozenset())
-        return _body(request, encode({"proxies": [
-            r.as_dict() for r in self._proxies.live(namespace)]}).encode())
+        live = await self._proxies.live(namespace)
+        return _body(request, encode({"proxies": [r.as_dict() for r in live]}).encode())
 
     @app.route("/v1/rules/status", methods=["GET"])
     @route_name("rules_status")
@@ -314,9 +333,9 @@ class ControllerAPI:
         namespace = self.namespace(request)
         query(request, frozenset())
         ruleset = await self._store.get(namespace)
+        status = await self._proxies.status(namespace, ruleset.revision)
         request.setHeader(b"a8-revision", b"%d" % ruleset.revision)
-        return _body(request, encode(
-            self._proxies.status(namespace, ruleset.revision)).encode())
+        return _body(request, encode(status).encode())
 
     # -- traces (B5) ---------------------------------------------------------------------
 
@@ -340,7 +359,7 @@ class ControllerAPI:
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise InvalidRequest("record {} is not an object".format(index))
-        dropped = self._traces.add(namespace, records)
+        dropped = await self._traces.add(namespace, records)
         request.setResponseCode(202)
         return _body(request, encode({"accepted": len(records), "dropped": dropped}).encode())
 
@@ -361,11 +380,13 @@ class ControllerAPI:
                                  .format(MAX_PAGE))
         if "log_value" in single and "log_key" not in single:
             raise InvalidRequest("log_value needs log_key")
-        records, cursor = self._traces.query(namespace, after=after, limit=limit, **single)
+        records, cursor = await self._traces.query(namespace, after=after, limit=limit,
+                                                   **single)
+        dropped = await self._traces.dropped(namespace)
         return _body(request, encode({
             "records": records,
             "next": cursor,
-            "dropped": self._traces.dropped(namespace),
+            "dropped": dropped,
         }).encode())
 
 

@@ -5,8 +5,12 @@ seen (a snapshot per namespace), the encoded answers of that revision (one encod
 query, however many sidecars read it), and the blocking reads waiting for the next one.
 
 Every read asks the store for the current rules first: an encoding is only ever served for
-the revision the store has just answered, so a change made through another controller (a
-shared store) is never hidden by the cache. Nothing assumes the store answers at once.
+the rules the store has just answered, so a change made through another controller (a
+shared store) is never hidden by the cache. An encoding belongs to the rules it was made
+from, not only to their revision: a store that answers a revision again with other rules
+(a Redis that lost its data and counted again, in a version without the Redis store's
+floor) gets those rules encoded, never the old ones served. Nothing assumes the store
+answers at once.
 """
 
 from amalgam8.watch import GroupedWaits
@@ -57,7 +61,9 @@ class RuleWatch:
         @return: C{ruleset}.
         """
         snapshot = self._snapshots.get(namespace)
-        if snapshot is None or snapshot.ruleset.revision < ruleset.revision:
+        if snapshot is None or snapshot.ruleset.revision < ruleset.revision \
+                or (snapshot.ruleset.revision == ruleset.revision
+                    and not _same(snapshot.ruleset, ruleset)):
             self._snapshots[namespace] = _Snapshot(ruleset)
         return ruleset
 
@@ -68,10 +74,11 @@ class RuleWatch:
 
     # -- encodings ------------------------------------------------------------------------
 
-    def cached(self, namespace, revision, key):
-        """The encoded answer to C{key} at C{revision}, if it was made already."""
+    def cached(self, namespace, ruleset, key):
+        """The encoded answer to C{key} for C{ruleset}, if it was made already (from the
+        same rules at the same revision)."""
         snapshot = self._snapshots.get(namespace)
-        if snapshot is not None and snapshot.ruleset.revision == revision:
+        if snapshot is not None and _same(snapshot.ruleset, ruleset):
             return snapshot.encodings.get(key)
         return None
 
@@ -80,13 +87,12 @@ class RuleWatch:
         The answer to C{key} at C{ruleset}'s revision: the cached encoding, or
         C{build(ruleset)} (bytes), remembered while C{ruleset} is the namespace's latest.
         """
-        body = self.cached(namespace, ruleset.revision, key)
+        body = self.cached(namespace, ruleset, key)
         if body is None:
             body = build(ruleset)
             self.record(ruleset, namespace)
             snapshot = self._snapshots[namespace]
-            if snapshot.ruleset.revision == ruleset.revision \
-                    and len(snapshot.encodings) < self.limit:
+            if _same(snapshot.ruleset, ruleset) and len(snapshot.encodings) < self.limit:
                 snapshot.encodings[key] = body
         return body
 
@@ -106,7 +112,7 @@ class RuleWatch:
 
         def answer(ruleset):
             self.record(ruleset, namespace)
-            body = self.cached(namespace, ruleset.revision, key)
+            body = self.cached(namespace, ruleset, key)
             if body is not None:
                 return ruleset, body, True
             return ruleset, self.encoded(namespace, ruleset, key, build), False
@@ -127,3 +133,9 @@ class RuleWatch:
 
 def _revision(ruleset):
     return ruleset.revision
+
+
+def _same(one, other):
+    """Whether two rule sets are the same rules at the same revision (the stores hand out
+    the same object while nothing changed, so this is mostly an identity check)."""
+    return one is other or (one.revision == other.revision and one.rules == other.rules)

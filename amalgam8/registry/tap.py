@@ -12,6 +12,7 @@ from amalgam8.redislink import (
     RedisAddress,
     parse_ca_file,
     parse_database,
+    parse_master_name,
     parse_prefix,
     parse_redis_address,
     parse_sentinels,
@@ -73,9 +74,9 @@ SETTINGS = SERVER_SETTINGS + (
             "at every start; or `redis`, in the Redis server of `store-address`, shared by "
             "every registry replica that uses it (docs/registry.md, 'The Redis store')."),
     Setting("store-address", "A8_STORE_ADDRESS", parse_redis_address, None,
-            "For `redis` (required): `host:port` (port 6379 when left out, `[v6]:port`), "
-            "or a URL `redis://[:password@]host[:port][/database]` (`rediss://` speaks "
-            "TLS)."),
+            "For `redis` (required, unless `store-sentinels` name the master): `host:port` "
+            "(port 6379 when left out, `[v6]:port`), or a URL "
+            "`redis://[:password@]host[:port][/database]` (`rediss://` speaks TLS)."),
     Setting("store-password", "A8_STORE_PASSWORD", parse_text, None,
             "For `redis`: the password (`AUTH`); beats one in the URL."),
     Setting("store-database", "A8_STORE_DATABASE", parse_database, None,
@@ -90,11 +91,13 @@ SETTINGS = SERVER_SETTINGS + (
             "For `redis`: the prefix of every key and channel; registries that share a "
             "database under different prefixes are separate registries."),
     Setting("store-sentinels", "A8_STORE_SENTINELS", parse_sentinels, None,
-            "For `redis`: comma-separated `host:port` of Redis Sentinels to ask for the "
-            "master `store-master`. Checked, but Sentinel is not available in this version: "
-            "a non-empty value is refused at start."),
-    Setting("store-master", "A8_STORE_MASTER", parse_text, None,
-            "For `store-sentinels`: the name the Sentinels know the master by."),
+            "For `redis`, instead of `store-address`: comma-separated `host:port` of Redis "
+            "Sentinels to ask for the master `store-master`; the registry follows the "
+            "master through failovers (docs/registry.md, 'Redis Sentinel'). "
+            "`store-password`, `store-database` and `store-tls` are the master's."),
+    Setting("store-master", "A8_STORE_MASTER", parse_master_name, None,
+            "For `store-sentinels` (required with them): the name the Sentinels know the "
+            "master by (`sentinel monitor <name> ...`)."),
     Setting("eureka-url", "A8_EUREKA_URL", _not_yet("Eureka server"), None,
             "Mirror a Eureka server's apps. " + _NOT_YET + " (Eureka clients register "
             "with the registry's own Eureka API instead.)"),
@@ -122,14 +125,30 @@ class Options(SettingsOptions):
         self["redis-address"] = None
         if self["store"] != "redis":
             return
-        if self["store-sentinels"]:
+        sentinels, master = self["store-sentinels"], self["store-master"]
+        if sentinels and self["store-address"]:
             raise SettingError(
-                "--store-sentinels: Redis Sentinel is not available in this version; give "
-                "the master's address in --store-address{}".format(
-                    self.loaded.origins("store-sentinels")))
+                "--store-sentinels and --store-address: give one, not both (the Sentinels "
+                "name the master){}".format(
+                    self.loaded.origins("store-sentinels", "store-address")))
+        if sentinels and not master:
+            raise SettingError("--store-sentinels needs --store-master NAME "
+                               "(A8_STORE_MASTER), the name they know the master by{}"
+                               .format(self.loaded.origins("store-sentinels")))
+        if master and not sentinels:
+            raise SettingError("--store-master needs --store-sentinels HOST:PORT,... "
+                               "(A8_STORE_SENTINELS){}".format(
+                                   self.loaded.origins("store-master")))
+        if sentinels:
+            self["redis-address"] = RedisAddress.of_sentinels(
+                sentinels, master, password=self["store-password"],
+                database=self["store-database"], tls=self["store-tls"],
+                ca=self["store-tls-ca"])
+            return
         if not self["store-address"]:
             raise SettingError("--store redis needs --store-address HOST:PORT "
-                               "(A8_STORE_ADDRESS){}".format(self.loaded.origins("store")))
+                               "(A8_STORE_ADDRESS) or --store-sentinels with --store-master{}"
+                               .format(self.loaded.origins("store")))
         self["redis-address"] = RedisAddress.from_settings(
             self["store-address"], password=self["store-password"],
             database=self["store-database"], tls=self["store-tls"],

@@ -19,6 +19,10 @@ Each member's output goes to C{etcd-<name>.log} in the cluster's directory (its 
 are in the message when a member does not start).
 
 L{etcd_missing} gives the reason to skip a test where there is no etcd binary.
+
+L{shared_etcd} is one member for the whole test process, started and stopped without the
+reactor (as L{amalgam8.testing.redis.shared_server} is), for synchronous suites that share
+it between tests, each under a key prefix of its own.
 """
 
 import os
@@ -32,7 +36,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
-__all__ = ["EtcdCluster", "EtcdMember", "start_etcd", "etcd_missing", "ETCD", "free_ports"]
+__all__ = ["EtcdCluster", "EtcdMember", "start_etcd", "etcd_missing", "ETCD", "free_ports",
+           "shared_etcd", "SharedEtcd"]
 
 #: The etcd binary: C{A8_TEST_ETCD}, else the one on PATH, else Debian's.
 ETCD = os.environ.get("A8_TEST_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
@@ -113,10 +118,11 @@ class EtcdMember:
     data_dir: str
     log_path: str
     process: object = None
+    scheme: str = "http"
 
     @property
     def client_url(self):
-        return "http://{}:{}".format(HOST, self.client_port)
+        return "{}://{}:{}".format(self.scheme, HOST, self.client_port)
 
     @property
     def peer_url(self):
@@ -354,3 +360,113 @@ async def start_etcd(case, reactor=None, size=1, timeout=10.0, extra_args=()):
     case.addCleanup(cluster.stop)
     await cluster.start(timeout=timeout)
     return cluster
+
+
+class SharedEtcd:
+    """
+    One etcd member run with C{subprocess} (blocking, for fixtures only: the reactor need
+    not run, nor reap it), in C{directory}; it is sent SIGTERM if the test process dies.
+
+    @ivar member: its L{EtcdMember}.
+    @ivar tls: L{None}, or C{(certificate file, key file, CA file)}: the client URL is then
+        C{https} with that certificate (checked against that CA when waiting for it).
+    """
+
+    def __init__(self, directory, executable=ETCD, tls=None):
+        self.directory = os.path.abspath(directory)
+        self.executable = executable
+        self.tls = tls
+        self.member = None
+        self.process = None
+
+    @property
+    def urls(self):
+        return [self.member.client_url]
+
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout=10.0):
+        """Start the member and wait until it answers C{/health}."""
+        import subprocess
+        import time
+        import urllib.request
+
+        from amalgam8.testing.redis import _die_with_parent
+
+        for attempt in range(3):
+            shutil.rmtree(self.directory, ignore_errors=True)
+            os.makedirs(self.directory)
+            client, peer = free_ports(2)
+            self.member = EtcdMember(
+                "shared", client, peer, os.path.join(self.directory, "shared.data"),
+                os.path.join(self.directory, "etcd-shared.log"),
+                scheme="https" if self.tls else "http")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+            extra = []
+            context = None
+            if self.tls:
+                import ssl
+
+                extra = ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
+                context = ssl.create_default_context(cafile=self.tls[2])
+            argv = self.member.argv(self.executable,
+                                    "shared={}".format(self.member.peer_url), "new", extra)
+            with open(self.member.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    argv, cwd=self.directory, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=log, preexec_fn=_die_with_parent)
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(self.member.client_url + "/health",
+                                                timeout=1, context=context) as answer:
+                        if b'"true"' in answer.read():
+                            return self
+                except OSError:
+                    pass
+                time.sleep(0.01)
+            self.stop()
+            if "address already in use" not in self.member.tail(50):
+                break
+        raise RuntimeError("the shared etcd did not start:\n{}".format(self.member.tail()))
+
+    def stop(self):
+        """Stop the member (TERM, then KILL after 5 s)."""
+        import subprocess
+
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+_SHARED = {}
+
+
+def shared_etcd(key="stores"):
+    """
+    The L{SharedEtcd} of C{key} for this test process: started at the first call in a fresh
+    temporary directory, stopped and its directory removed when the process exits.
+    """
+    etcd = _SHARED.get(key)
+    if etcd is None or not etcd.running:
+        import atexit
+        import tempfile
+
+        etcd = SharedEtcd(tempfile.mkdtemp(prefix="a8-etcd-"))
+        etcd.start()
+
+        def remove(etcd=etcd):
+            etcd.stop()
+            shutil.rmtree(etcd.directory, ignore_errors=True)
+
+        atexit.register(remove)
+        _SHARED[key] = etcd
+    return etcd

@@ -98,10 +98,14 @@ class RedisServer:
     """
 
     def __init__(self, directory, password=None, port=None, replica_of=None,
-                 sentinel_of=None, master_name="a8master", persist=False, extra=()):
+                 sentinel_of=None, master_name="a8master", persist=False, extra=(),
+                 down_after=1000, failover_timeout=2000):
         """
         @param replica_of: a L{RedisServer} to replicate (C{--replicaof}).
         @param sentinel_of: a L{RedisServer} master to watch: this one is a Sentinel.
+        @param down_after: for a Sentinel, the milliseconds without an answer after which
+            it takes the master for down (C{down-after-milliseconds}).
+        @param failover_timeout: for a Sentinel, C{failover-timeout} (milliseconds).
         @param persist: keep an append-only file, so that a restart keeps the data.
         @param extra: more C{redis-server} arguments (C{("--maxclients", "100")}).
         """
@@ -113,6 +117,8 @@ class RedisServer:
         self.master_name = master_name
         self.persist = persist
         self.extra = tuple(extra)
+        self.down_after = down_after
+        self.failover_timeout = failover_timeout
         self.process = None
 
     @property
@@ -134,8 +140,10 @@ class RedisServer:
                 "dir {}".format(self.directory),
                 "logfile {}".format(self.log_path),
                 "sentinel monitor {} 127.0.0.1 {} 1".format(self.master_name, master.port),
-                "sentinel down-after-milliseconds {} 1000".format(self.master_name),
-                "sentinel failover-timeout {} 2000".format(self.master_name),
+                "sentinel down-after-milliseconds {} {}".format(self.master_name,
+                                                               self.down_after),
+                "sentinel failover-timeout {} {}".format(self.master_name,
+                                                        self.failover_timeout),
             ]
             if master.password:
                 lines.append("sentinel auth-pass {} {}".format(self.master_name,
@@ -192,6 +200,21 @@ class RedisServer:
                 raise RuntimeError("the replica on {} is not in sync".format(self.port))
             time.sleep(0.01)
         return self
+
+    def wait_watching(self, replicas=1, sentinels=0, timeout=10):
+        """For a Sentinel: wait until it knows C{replicas} replicas of its master and
+        C{sentinels} other Sentinels (they find each other within about 2 s), so that a
+        failover can be voted and has a replica to promote."""
+        deadline = time.monotonic() + timeout
+        while True:
+            known = self.command("SENTINEL", "replicas", self.master_name)
+            others = self.command("SENTINEL", "sentinels", self.master_name)
+            if len(known) >= replicas and len(others) >= sentinels:
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel on {} knows {} replicas and {} Sentinels"
+                                   .format(self.port, len(known), len(others)))
+            time.sleep(0.02)
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

@@ -8,6 +8,14 @@ fields C{revision}, C{rules} (the JSON list, as written) and C{stamp} (a random 
 write). C{put} is one Lua script that compares the revision and replaces the rules only
 when it is still the one the caller read (else L{Conflict}, and nothing changed), so two
 replicas writing at once never lose an update and a revision never repeats.
+
+Revisions never go backwards, even when Redis loses changes (a restart without
+persistence, a failover to a replica that had not yet received the last write): each
+script is sent the highest revision this replica has seen of the namespace (from its
+answers and the change messages, which every replica hears), and a write never takes a
+revision at or below it. A read that finds Redis behind it records what Redis holds as a
+new revision past it (published like a write), so no reader is answered a revision it has
+seen with other rules, and blocking readers waiting past the lost revision are woken.
 C{<prefix>c:namespaces} is the set of the namespaces that have rules.
 
 Every write publishes C{"<revision> <0|1: has rules> <namespace>"} on
@@ -41,14 +49,16 @@ __all__ = ["RedisStore"]
 
 # KEYS[1] the namespace's hash, KEYS[2] the set of namespaces with rules; ARGV[1] the
 # channel, ARGV[2] the namespace, ARGV[3] the revision read, ARGV[4] the rules, ARGV[5]
-# the stamp, ARGV[6] '1' when there are rules -> {1, new revision} or {0, current}
+# the stamp, ARGV[6] '1' when there are rules, ARGV[7] the floor (the highest revision the
+# replica has seen) -> {1, new revision} or {0, current}
 _PUT = r"""
 local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
 if current ~= tonumber(ARGV[3]) then
   return {0, current}
 end
-local new = current + 1
-redis.call('HSET', KEYS[1], 'revision', new, 'rules', ARGV[4], 'stamp', ARGV[5])
+local new = math.max(current, tonumber(ARGV[7])) + 1
+redis.call('HSET', KEYS[1], 'revision', string.format('%d', new), 'rules', ARGV[4],
+           'stamp', ARGV[5])
 if ARGV[6] == '1' then
   redis.call('SADD', KEYS[2], ARGV[2])
 else
@@ -58,17 +68,38 @@ redis.call('PUBLISH', ARGV[1], string.format('%d', new) .. ' ' .. ARGV[6] .. ' '
 return {1, new}
 """
 
-# KEYS[1] the namespace's hash; ARGV[1] the stamp held -> {} (never written),
-# {revision, stamp} (unchanged) or {revision, stamp, rules}
+# KEYS[1] the namespace's hash, KEYS[2] the set of namespaces with rules; ARGV[1] the
+# stamp held, ARGV[2] the floor (the highest revision the replica has seen), ARGV[3] the
+# channel, ARGV[4] the namespace, ARGV[5] a fresh stamp -> {} (never written),
+# {revision, stamp} (unchanged), {revision, stamp, rules}, or {revision, stamp, rules,
+# what Redis had} when Redis was behind the floor (it lost changes: its data, or a write
+# a failover did not carry over), which is a change: its rules get a revision past the
+# floor, published like any other.
 _GET = r"""
 local found = redis.call('HMGET', KEYS[1], 'revision', 'stamp')
+local current = tonumber(found[1] or '0')
+local floor = tonumber(ARGV[2])
+if current < floor then
+  local rules = redis.call('HGET', KEYS[1], 'rules') or '[]'
+  local new = string.format('%d', floor + 1)
+  redis.call('HSET', KEYS[1], 'revision', new, 'rules', rules, 'stamp', ARGV[5])
+  local has = '0'
+  if rules ~= '[]' then
+    has = '1'
+    redis.call('SADD', KEYS[2], ARGV[4])
+  else
+    redis.call('SREM', KEYS[2], ARGV[4])
+  end
+  redis.call('PUBLISH', ARGV[3], new .. ' ' .. has .. ' ' .. ARGV[4])
+  return {floor + 1, ARGV[5], rules, current}
+end
 if not found[1] then
   return {}
 end
 if found[2] == ARGV[1] then
-  return {tonumber(found[1]), found[2]}
+  return {current, found[2]}
 end
-return {tonumber(found[1]), found[2], redis.call('HGET', KEYS[1], 'rules')}
+return {current, found[2], redis.call('HGET', KEYS[1], 'rules')}
 """
 
 PUT = Script("put", _PUT)
@@ -151,18 +182,23 @@ class RedisStore(Service):
 
     def get(self, namespace):
         held = self._sets.get(namespace)
-        d = self.link.run(GET, [self._key(namespace)], [held[0] if held else ""])
+        floor = self._known.get(namespace, 0)
+        d = self.link.run(GET, [self._key(namespace), self.prefix + "c:namespaces"],
+                          [held[0] if held else "", "%d" % floor, self.link.channel,
+                           namespace, uuid.uuid4().hex])
 
         def done(reply):
             if not reply:
-                if held is not None and held[1].revision:
-                    self.log.error(
-                        "the rules of {namespace} are gone from Redis (this controller "
-                        "saw revision {revision}): Redis lost its data; run it with "
-                        "appendonly yes", namespace=namespace, revision=held[1].revision)
-                    del self._sets[namespace]
                 return RuleSet()
             revision, stamp = int(reply[0]), reply[1]
+            if len(reply) == 4:
+                self.log.error(
+                    "Redis ({address}) is behind what this controller saw of {namespace}: "
+                    "revision {had}, not {floor}; it lost changes (its data, or writes a "
+                    "failover did not carry over). Its rules are now revision {revision}, "
+                    "so no revision is handed out twice; run Redis with appendonly yes "
+                    "and a replica", address=self.link.describe(), namespace=namespace,
+                    had=int(reply[3]), floor=floor, revision=revision)
             if len(reply) == 2 and held is not None and held[0] == stamp:
                 ruleset = held[1]
             else:
@@ -178,7 +214,8 @@ class RedisStore(Service):
         stamp = uuid.uuid4().hex
         d = self.link.run(PUT, [self._key(namespace), self.prefix + "c:namespaces"],
                           [self.link.channel, namespace, "%d" % revision, encode(rules),
-                           stamp, "1" if rules else "0"])
+                           stamp, "1" if rules else "0",
+                           "%d" % self._known.get(namespace, 0)])
 
         def done(reply):
             written, current = int(reply[0]), int(reply[1])

@@ -26,7 +26,10 @@ past its ttl, and a heartbeat or a deregistration of one removes it.
 A namespace's index starts, at its first change, from the clock in microseconds and then
 grows by one per change: it never goes backwards, even when Redis loses its data (a
 restart without persistence), so no blocking reader is left waiting for an index it will
-not see again.
+not see again. Each script is also sent the highest index this replica has seen of the
+namespace (its floor): a Redis found behind it (a failover to a replica that had not yet
+received the last changes) has what it holds recorded as a change past the floor, and no
+index is handed out twice.
 
 Every change publishes C{"<index> <namespace>"} on the channel C{<prefix>r:changes@<db>};
 each replica is subscribed, so a change made through one wakes the blocking reads held on
@@ -64,29 +67,45 @@ MAX_DECODED = 200_000
 
 # What every script shares. KEYS[1] is the namespace's key prefix (the sweep sets `base` to
 # each due namespace's in turn), KEYS[2] the due set; ARGV[1] the channel, ARGV[2] the
-# namespace, ARGV[3] the first index of a new namespace, ARGV[4] the time.
+# namespace, ARGV[3] the first index of a new namespace, ARGV[4] the time, ARGV[5] the
+# floor: the highest index of the namespace this replica has seen (0 for the sweep).
 _PRELUDE = r"""
 local base = KEYS[1]
 local due = KEYS[2]
 local channel = ARGV[1]
 local now_text = ARGV[4]
 local now = tonumber(now_text)
+local floor = tonumber(ARGV[5])
 
 local function index()
   return tonumber(redis.call('HGET', base .. 'meta', 'index') or '0')
 end
 
+-- A change: the next index, never at or below the floor.
 local function bump(name)
   local meta = base .. 'meta'
   local idx
   if redis.call('HEXISTS', meta, 'index') == 1 then
     idx = redis.call('HINCRBY', meta, 'index', 1)
+    if idx <= floor then
+      idx = floor + 1
+      redis.call('HSET', meta, 'index', string.format('%d', idx))
+    end
   else
-    redis.call('HSET', meta, 'index', ARGV[3], 'name', name)
-    idx = tonumber(ARGV[3])
+    idx = math.max(tonumber(ARGV[3]), floor + 1)
+    redis.call('HSET', meta, 'index', string.format('%d', idx), 'name', name)
   end
   redis.call('PUBLISH', channel, string.format('%d', idx) .. ' ' .. name)
   return idx
+end
+
+-- Redis behind what the replica has seen lost changes (its data, or writes a failover did
+-- not carry over): what it holds now is a change past them, so no index is handed out
+-- twice and readers waiting past the lost ones wake.
+local function catch_up(name)
+  if floor > 0 and index() < floor then
+    bump(name)
+  end
 end
 
 local function reschedule()
@@ -137,13 +156,14 @@ local function count()
 end
 """
 
-# ARGV[5] id, ARGV[6] service, ARGV[7] registration JSON, ARGV[8] ttl ('-1': never
-# expires), ARGV[9] capacity ('-1': none).
+# ARGV[6] id, ARGV[7] service, ARGV[8] registration JSON, ARGV[9] ttl ('-1': never
+# expires), ARGV[10] capacity ('-1': none).
 # -> {status ('new'|'changed'|'same'|'quota'), index, count, expired}
 _REGISTER = _PRELUDE + r"""
-local id = ARGV[5]
-local service = ARGV[6]
-local capacity = tonumber(ARGV[9])
+catch_up(ARGV[2])
+local id = ARGV[6]
+local service = ARGV[7]
+local capacity = tonumber(ARGV[10])
 local expired = {0}
 local old = live(id, expired)
 if not old and capacity >= 0 and count() >= capacity then
@@ -167,19 +187,19 @@ if not old then
   redis.call('ZADD', base .. 'ids', seq, id)
   redis.call('ZADD', base .. 's:' .. service, seq, id)
   redis.call('HINCRBY', base .. 'svcs', service, 1)
-  redis.call('HSET', base .. 'reg', id, ARGV[7])
+  redis.call('HSET', base .. 'reg', id, ARGV[8])
   status = 'new'
-elseif old ~= ARGV[7] then
-  redis.call('HSET', base .. 'reg', id, ARGV[7])
+elseif old ~= ARGV[8] then
+  redis.call('HSET', base .. 'reg', id, ARGV[8])
   status = 'changed'
 end
 redis.call('HSET', base .. 'hb', id, now_text)
-if ARGV[8] == '-1' then
+if ARGV[9] == '-1' then
   redis.call('HDEL', base .. 'ttl', id)
   redis.call('ZREM', base .. 'exp', id)
 else
-  redis.call('HSET', base .. 'ttl', id, ARGV[8])
-  redis.call('ZADD', base .. 'exp', now + tonumber(ARGV[8]), id)
+  redis.call('HSET', base .. 'ttl', id, ARGV[9])
+  redis.call('ZADD', base .. 'exp', now + tonumber(ARGV[9]), id)
 end
 reschedule()
 local idx
@@ -191,9 +211,10 @@ end
 return {status, idx, count(), expired[1]}
 """
 
-# ARGV[5] id -> {status ('ok'|'unknown'|'expired'), index, count, expired, registration}
+# ARGV[6] id -> {status ('ok'|'unknown'|'expired'), index, count, expired, registration}
 _HEARTBEAT = _PRELUDE + r"""
-local id = ARGV[5]
+catch_up(ARGV[2])
+local id = ARGV[6]
 local expired = {0}
 local reg = live(id, expired)
 if not reg then
@@ -212,9 +233,10 @@ end
 return {'ok', index(), count(), 0, reg}
 """
 
-# ARGV[5] id -> {status, index, count, expired, registration, heartbeat}
+# ARGV[6] id -> {status, index, count, expired, registration, heartbeat}
 _DEREGISTER = _PRELUDE + r"""
-local id = ARGV[5]
+catch_up(ARGV[2])
+local id = ARGV[6]
 local expired = {0}
 local reg = live(id, expired)
 if not reg then
@@ -230,13 +252,14 @@ reschedule()
 return {'ok', bump(ARGV[2]), count(), 0, reg, hb}
 """
 
-# ARGV[5] the service ('' for all) -> {index, count, "id\nregistration\nheartbeat\n..."}:
+# ARGV[6] the service ('' for all) -> {index, count, "id\nregistration\nheartbeat\n..."}:
 # one text, not a bulk string per field, so that a large listing is one reply to parse
 # (compact JSON never holds a raw newline; ids and times never do).
 _LIST = _PRELUDE + r"""
+catch_up(ARGV[2])
 local ids
-if ARGV[5] ~= '' then
-  ids = redis.call('ZRANGE', base .. 's:' .. ARGV[5], 0, -1)
+if ARGV[6] ~= '' then
+  ids = redis.call('ZRANGE', base .. 's:' .. ARGV[6], 0, -1)
 else
   ids = redis.call('ZRANGE', base .. 'ids', 0, -1)
 end
@@ -261,6 +284,7 @@ return {index(), count(), table.concat(out, '\n')}
 
 # -> {index, the names of the services with a live instance, one a line}
 _SERVICES = _PRELUDE + r"""
+catch_up(ARGV[2])
 local names = redis.call('HKEYS', base .. 'svcs')
 local alive = {}
 for _, name in ipairs(names) do
@@ -276,10 +300,10 @@ end
 return {index(), table.concat(alive, '\n')}
 """
 
-# KEYS[1] unused, ARGV[5] the most instances to expire
+# KEYS[1] unused, ARGV[6] the most instances to expire
 # -> {name, expired, index, count, name, ...}; the namespaces' earliest deadlines are moved
 _SWEEP = _PRELUDE + r"""
-local budget = tonumber(ARGV[5])
+local budget = tonumber(ARGV[6])
 local out = {}
 local bases = redis.call('ZRANGEBYSCORE', due, '-inf', '(' .. now_text, 'LIMIT', 0, 1000)
 for _, b in ipairs(bases) do
@@ -418,8 +442,10 @@ class RedisStore(Service):
 
     def _run(self, script, namespace, now, *args):
         start = "%d" % int(now * 1_000_000)
+        floor = "%d" % self._known.get(namespace, 0)
         return self.link.run(script, [self._base(namespace), self._due],
-                             [self.link.channel, namespace, start, _time(now)] + list(args))
+                             [self.link.channel, namespace, start, _time(now), floor]
+                             + list(args))
 
     def _registration(self, text):
         registration = self._decoded.get(text)
@@ -608,7 +634,7 @@ class RedisStore(Service):
             could not be reached: the failure is logged once per outage).
         """
         d = self.link.run(SWEEP, ["", self._due],
-                          [self.link.channel, "", "0", _time(self.clock.seconds()),
+                          [self.link.channel, "", "0", _time(self.clock.seconds()), "0",
                            "%d" % self.sweep_limit])
         self._sweeping = d
 
