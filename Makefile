@@ -37,7 +37,7 @@ bench-debs:
 test: setup
 	A8_REQUIRE_PROXY=1 $(PY) -m twisted.trial -j2 $(TRIAL_ARGS)
 
-BENCHMARKS ?= registry registry_redis redis_wakeup controller controller_shared controller_stores proxy propagation gremlin eureka
+BENCHMARKS ?= registry redis_wakeup controller controller_shared controller_stores proxy propagation gremlin eureka
 
 bench: setup bench-debs
 	@for name in $(BENCHMARKS); do \

@@ -77,16 +77,21 @@ class GroupedWaits:
         @return: a Deferred that fires with the answer; cancel it when the reader goes away.
         """
         group = self._groups.get(key)
-        if group is None:
+        new = group is None
+        if new:
             group = self._groups[key] = _Group(key, answer)
-            group.change = self.wait_for_change(namespace, version)
-            group.change.addCallbacks(self._changed, self._failed,
-                                      callbackArgs=(group,), errbackArgs=(group,))
         reader = _Reader()
         reader.result = Deferred(lambda _: self._leave(group, reader))
         reader.timer = self.clock.callLater(timeout, self._expired, group, reader)
         group.readers.append(reader)
         self._readers += 1
+        if new:
+            # The reader is in the group first: a store already past the version (a change
+            # that landed while the reader's fetch was in flight) fires at once, and
+            # _changed must find it there, not leave it to its timer.
+            group.change = self.wait_for_change(namespace, version)
+            group.change.addCallbacks(self._changed, self._failed,
+                                      callbackArgs=(group,), errbackArgs=(group,))
         return reader.result
 
     def read(self, key, namespace, since, timeout, fetch, version, build):

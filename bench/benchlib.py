@@ -21,12 +21,14 @@ It holds:
    L{start_nginx_proxy}, L{start_haproxy}, L{start_amalgam8_proxy};
  - L{free_ports}, L{need} (a tool on PATH or L{Missing}), L{raise_nofile},
    L{handle_signals} (SIGTERM ends a benchmark like Ctrl-C);
- - L{wrk} and L{parse_wrk} (the C{WRK_JSON} line that bench/wrk_json.lua prints),
+ - L{wrk} and L{parse_wrk} (the C{WRK_JSON} line that bench/wrk_json.lua prints; C{spread}
+   sends each wrk thread to one of several servers), L{wrk_env},
    L{H2load}, L{parse_h2load} and L{parse_h2load_log};
  - CPU and RSS from /proc: L{sched_cpu_ns}, L{stat_cpu_s}, L{rss_bytes}, L{descendants},
    L{sample_window}, L{wait_quiet} (each takes C{proc=} for a fake /proc in tests);
  - L{percentile}, L{alternating}, L{compare} (a baseline and a subject in alternating
-   rounds: L{Comparison}), L{table}, L{wrap};
+   rounds: L{Comparison}), L{compare_all} (a baseline and several subjects), L{table},
+   L{wrap};
  - plain HTTP: L{request}, L{get_many}, L{request_bytes}, L{metric}, L{push_state}.
 
 Everything here blocks (these are scripts, not reactor code); the tests (tests/test_benchlib.py)
@@ -60,11 +62,12 @@ __all__ = [
     "HERE", "ROOT", "HOST", "BenchError", "Missing", "log", "loadavg", "raise_nofile",
     "free_ports", "need", "twistd", "handle_signals", "children", "descendants", "comm",
     "stat_cpu_s", "sched_cpu_ns", "rss_bytes", "cpu_ns", "sample_window", "wait_quiet",
-    "percentile", "best", "alternating", "Comparison", "compare", "table", "wrap", "request", "get_many",
-    "request_bytes", "metric", "push_state", "Process", "Server", "Processes",
-    "twistd_server", "plain_twisted_web", "nginx_binary", "start_nginx", "start_upstream",
-    "start_nginx_proxy", "start_haproxy", "start_amalgam8_proxy", "versions", "WrkResult",
-    "parse_wrk", "wrk_argv", "wrk", "H2loadSummary", "parse_h2load", "parse_h2load_log",
+    "percentile", "best", "alternating", "Comparison", "compare", "compare_all", "table",
+    "wrap", "request", "get_many", "request_bytes", "metric", "push_state", "Process",
+    "Server", "Processes", "twistd_server", "plain_twisted_web", "nginx_binary",
+    "start_nginx", "start_upstream", "start_nginx_proxy", "start_haproxy",
+    "start_amalgam8_proxy", "versions", "WrkResult", "parse_wrk", "wrk_argv", "wrk_env",
+    "SPREAD_VARIABLE", "wrk", "H2loadSummary", "parse_h2load", "parse_h2load_log",
     "h2load_argv", "H2load",
 ]
 
@@ -316,6 +319,21 @@ def compare(baseline, subject, rounds, run):
         for server in alternating((baseline, subject), round_number):
             runs[id(server)].append(run(server, round_number))
     return Comparison(runs[id(subject)], runs[id(baseline)])
+
+
+def compare_all(baseline, subjects, rounds, run):
+    """
+    C{run(item, round_number)} for C{baseline} and every one of C{subjects} in each of
+    C{rounds} rounds, adjacent in time and in alternating order (baseline first, then the
+    last subject first, ...); a list of one L{Comparison} per subject, each beside the
+    baseline's runs of the same rounds.
+    """
+    items = [baseline] + list(subjects)
+    runs = {id(item): [] for item in items}
+    for round_number in range(rounds):
+        for item in alternating(items, round_number):
+            runs[id(item)].append(run(item, round_number))
+    return [Comparison(runs[id(item)], runs[id(baseline)]) for item in items[1:]]
 
 
 def table(rows, header, right=None):
@@ -795,8 +813,9 @@ class WrkResult:
     """
     One wrk run, from its C{WRK_JSON} line: req/s, requests, p50/p99 in ms, socket errors,
     the counters the script keeps (C{counters}: non2xx, bad_status, first_bad_status,
-    bad_length, where it prints them), the CPU time the processes watched during the run used
-    (C{cpu_ns}), and wrk's whole output.
+    bad_length, conflicts, where it prints them; conflicts, the 409s of
+    bench/controller_update.lua, are counted but are no problem of the run), the CPU time the
+    processes watched during the run used (C{cpu_ns}), and wrk's whole output.
     """
 
     rps: float
@@ -811,7 +830,7 @@ class WrkResult:
     @classmethod
     def from_json(cls, data, cpu_ns=0, output=""):
         counters = {k: data[k] for k in ("non2xx", "bad_status", "first_bad_status",
-                                         "bad_length") if k in data}
+                                         "bad_length", "conflicts") if k in data}
         return cls(rps=data["rps"], requests=data["requests"], p50=data["p50_us"] / 1000.0,
                    p99=data["p99_us"] / 1000.0, socket_detail=dict(data["socket_errors"]),
                    counters=counters, cpu_ns=cpu_ns, output=output)
@@ -869,18 +888,42 @@ def wrk_argv(url, script, threads=1, connections=32, duration=3, timeout="10s", 
     return argv
 
 
+#: The variable bench/wrk_json.lua reads: the addresses its threads connect to, in turn.
+SPREAD_VARIABLE = "A8_WRK_SPREAD"
+
+
+def wrk_env(spread, threads, environ=None):
+    """
+    The environment of a wrk run whose C{threads} connect in turn to the C{(host, port)}
+    addresses of C{spread} (thread i to address i modulo their number: bench/wrk_json.lua)
+    instead of the URL's; C{environ} (default C{os.environ}) unchanged when C{spread} is
+    empty. L{BenchError} when the threads cannot be shared out evenly.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    environ.pop(SPREAD_VARIABLE, None)
+    if spread:
+        if threads % len(spread):
+            raise BenchError("{} wrk threads cannot be spread evenly over {} servers".format(
+                threads, len(spread)))
+        environ[SPREAD_VARIABLE] = " ".join("{}:{}".format(h, p) for h, p in spread)
+    return environ
+
+
 def wrk(url, script, threads=1, connections=32, duration=3, timeout="10s", headers=(),
-        args=(), watch=(), grace=60):
+        args=(), watch=(), grace=60, spread=()):
     """
     Run wrk (see L{wrk_argv}) and return its L{WrkResult}; C{watch}: L{Process}es whose CPU
-    time (with their descendants') during the run is its C{cpu_ns}. L{BenchError} when wrk
-    fails or does not finish within C{duration + grace} s.
+    time (with their descendants') during the run is its C{cpu_ns}; C{spread}: the
+    C{(host, port)} addresses the threads connect to in turn (L{wrk_env}), when the load is
+    to be shared by several servers. L{BenchError} when wrk fails or does not finish within
+    C{duration + grace} s.
     """
     argv = wrk_argv(url, script, threads, connections, duration, timeout, headers, args)
+    env = wrk_env(spread, threads)
     before = sum(p.cpu_ns() for p in watch)
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=duration + grace)
+                              timeout=duration + grace, env=env)
     except FileNotFoundError:
         raise Missing("wrk is not installed (apt-get install -y wrk)")
     except subprocess.TimeoutExpired:

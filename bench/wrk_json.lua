@@ -10,10 +10,32 @@
 --   function done(summary, latency, requests)
 --      write_json(summary, latency, {{"non2xx", thread_sum("non2xx")}})
 --   end
+--
+-- With A8_WRK_SPREAD="HOST:PORT HOST:PORT ..." in the environment (bench/benchlib.py wrk_env)
+-- thread i connects to the i-th address (modulo their number) instead of the URL's, so one
+-- wrk run shares its load over several servers (replicas) and keeps one latency histogram.
 
 local threads = {}
+local spread = nil
+
+-- The addresses of A8_WRK_SPREAD, resolved once (nil when it is unset or empty).
+local function spread_addresses()
+   if spread == nil then
+      spread = {}
+      for host, port in (os.getenv("A8_WRK_SPREAD") or ""):gmatch("([^%s]+):(%d+)") do
+         local found = wrk.lookup(host, port)
+         assert(found and found[1], "A8_WRK_SPREAD: cannot resolve " .. host .. ":" .. port)
+         table.insert(spread, found[1])
+      end
+   end
+   return spread
+end
 
 function setup(thread)
+   local addresses = spread_addresses()
+   if #addresses > 0 then
+      thread.addr = addresses[#threads % #addresses + 1]
+   end
    thread:set("thread_id", #threads)
    table.insert(threads, thread)
 end

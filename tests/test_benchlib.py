@@ -98,6 +98,25 @@ class WrkTests(SynchronousTestCase):
         self.assertEqual(empty.problems(), ["no request completed"])
         self.assertNotEqual(empty.cpu_us, empty.cpu_us)  # NaN
 
+    def test_conflicts_counted(self):
+        """controller_update.lua's 409s are kept among the counters, and are no problem."""
+        result = bl.WrkResult.from_json(wrk_data(conflicts=4, bad_status=0,
+                                                 first_bad_status=409))
+        self.assertEqual(result.counters["conflicts"], 4)
+        self.assertEqual(result.problems(), [])
+
+    def test_spread_env(self):
+        """
+        wrk_env names the addresses the threads share out (wrk_json.lua reads them), drops
+        one left in the environment when there is none, and refuses an uneven split.
+        """
+        env = bl.wrk_env([("127.0.0.1", 1), ("127.0.0.1", 2)], 4, environ={"HOME": "/h"})
+        self.assertEqual(env, {"HOME": "/h", bl.SPREAD_VARIABLE: "127.0.0.1:1 127.0.0.1:2"})
+        self.assertEqual(bl.wrk_env((), 1, environ={bl.SPREAD_VARIABLE: "x:1"}), {})
+        self.assertRaises(bl.BenchError, bl.wrk_env, [("h", 1), ("h", 2)], 3, environ={})
+        with open(os.path.join(bl.HERE, "wrk_json.lua")) as f:
+            self.assertIn(bl.SPREAD_VARIABLE, f.read())
+
     def test_argv(self):
         """The command line names the script in bench/, headers, the URL, then -- and args."""
         argv = bl.wrk_argv("http://127.0.0.1:1/x", "proxy_wrk.lua", threads=2, connections=50,
@@ -112,7 +131,7 @@ class WrkTests(SynchronousTestCase):
         """Every wrk script the benchmarks name is in bench/, beside wrk_json.lua."""
         for script in ("wrk_json.lua", "proxy_wrk.lua", "controller_get.lua",
                        "registry_stats.lua", "registry_get.lua", "registry_heartbeat.lua",
-                       "registry_register.lua"):
+                       "registry_register.lua", "controller_update.lua"):
             self.assertTrue(os.path.exists(os.path.join(bl.HERE, script)), script)
 
 
@@ -216,6 +235,26 @@ class CompareTests(SynchronousTestCase):
         self.assertEqual(result.ratio, 0.9)
         self.assertEqual(result.round_ratios(), [0.5, 90.0 / 80.0])
         self.assertEqual([r.rps for r in result.runs], [50.0, 90.0])
+
+    def test_compare_all(self):
+        """
+        compare_all: the baseline and every subject in each round, the order reversed in odd
+        rounds; one Comparison per subject, beside the baseline's runs of the same rounds.
+        """
+        calls = []
+
+        def run(item, round_number):
+            calls.append((item, round_number))
+            rates = {"base": 100.0, "a": 50.0, "b": 80.0}
+            return bl.WrkResult.from_json(wrk_data(rps=rates[item] + round_number))
+
+        a, b = bl.compare_all("base", ["a", "b"], 2, run)
+        self.assertEqual(calls, [("base", 0), ("a", 0), ("b", 0),
+                                 ("b", 1), ("a", 1), ("base", 1)])
+        self.assertEqual([r.rps for r in a.runs], [50.0, 51.0])
+        self.assertEqual([r.rps for r in b.baseline_runs], [100.0, 101.0])
+        self.assertEqual(b.ratio, 81.0 / 101.0)
+        self.assertEqual(a.round_ratios(), [0.5, 51.0 / 101.0])
 
     def test_zero_baseline(self):
         """A baseline that completed nothing gives ratios of 0, not a ZeroDivisionError."""

@@ -138,6 +138,43 @@ class GroupedWaitsTests(SynchronousTestCase):
         self.store.change()
         self.assertEqual(self.successResultOf(d), "2")
 
+    def test_store_past_the_version(self):
+        """
+        A wait on a store already past the version (its waiter fired at once) answers the
+        reader at once and leaves no group behind.
+        """
+        self.store.version = 2
+        d = self.wait()
+        self.assertEqual(self.successResultOf(d), "at 2")
+        self.assertEqual((self.waits.waiting, self.waits.groups), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_changed_between_fetch_and_wait(self):
+        """
+        A change that lands while a read's fetch is in flight (a store that answers later,
+        such as Redis): the fetch saw the old version, so the reader waits on a store
+        already past it, and is answered at once from a fresh fetch, not at its timeout;
+        readers of the same question after it too.
+        """
+        pending = []
+
+        def fetch():
+            d = Deferred()
+            pending.append(d)
+            return d
+
+        first = self.waits.read("k", "ns", 1, 30, fetch, int, str)
+        second = self.waits.read("k", "ns", 1, 30, fetch, int, str)
+        self.store.change()
+        pending.pop(0).callback(1)
+        pending.pop(0).callback(1)
+        for answer in pending:
+            answer.callback(2)
+        self.assertEqual(self.successResultOf(first), "2")
+        self.assertEqual(self.successResultOf(second), "2")
+        self.assertEqual((self.waits.waiting, self.waits.groups), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_read_with_late_fetch(self):
         """read() works when the fetch answers later."""
         pending = []
