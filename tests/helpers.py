@@ -227,8 +227,8 @@ class ServerProcesses:
         self.addCleanup(pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=pool))
 
-    async def spawn(self, program, env, listen="tcp:0:interface=127.0.0.1"):
-        """Start C{twistd -n <program>} with C{env}; returns its base URL."""
+    async def spawn(self, program, env, listen="tcp:0:interface=127.0.0.1", args=()):
+        """Start C{twistd -n <program> ... args} with C{env}; returns its base URL."""
         from twisted.internet import reactor
 
         directory = os.path.abspath(self.mktemp())
@@ -236,7 +236,7 @@ class ServerProcesses:
         protocol = ServerProcess(reactor, "{} listening on ".format(program))
         argv = twistd_command() + ["-n", "--pidfile=", "--logger",
                                    "amalgam8.logs.json_observer", program,
-                                   "--listen", listen]
+                                   "--listen", listen] + list(args)
         reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
                              path=directory)
         self.addCleanup(self._stop_process, protocol)

@@ -13,14 +13,11 @@ import os
 import time
 import uuid
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface.verify import verifyObject
 
 from amalgam8.controller.store.etcd import EtcdStore, parse_prefix
@@ -30,7 +27,7 @@ from amalgam8.interfaces import IRuleStore
 from amalgam8.testing.controller import action_rule, route_rule, rule_store_tests
 from amalgam8.testing.etcd import SharedEtcd, etcd_missing, shared_etcd, start_etcd
 from amalgam8.testing.redis import Settle, spin
-from tests.helpers import ServerProcess, child_environment, twistd_command
+from tests.helpers import ServerProcesses
 
 _missing = etcd_missing()
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -638,7 +635,7 @@ class EtcdTLSTests(TestCase):
         self.assertEqual((await trusted.get("default")).revision, 0)
 
 
-class EtcdReplicaProcessTests(TestCase):
+class EtcdReplicaProcessTests(ServerProcesses, TestCase):
     """Two real C{twistd -n a8controller} on one etcd, one of them serving from two
     processes (C{--processes 2}): one service."""
 
@@ -648,44 +645,15 @@ class EtcdReplicaProcessTests(TestCase):
 
     async def setUp(self):
         self.etcd = await start_etcd(self, reactor)
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.addCleanup(pool.closeCachedConnections)
-        self.http = treq.client.HTTPClient(Agent(reactor, pool=pool))
-        self.processes = []
+        self.setUpProcesses()
 
     async def spawn(self, *args):
-        protocol = ServerProcess(reactor, "a8controller listening on ")
-        argv = twistd_command() + ["-n", "--pidfile=", "--logger",
-                                   "amalgam8.logs.json_observer", "a8controller",
-                                   "--listen", LOCAL] + list(args)
         env = {"A8_DATABASE_TYPE": "etcd", "A8_DATABASE_HOST": ",".join(self.etcd.urls)}
-        directory = self.mktemp()
-        os.makedirs(directory)
-        reactor.spawnProcess(protocol, argv[0], argv, env=child_environment(env),
-                             path=directory)
-        self.addCleanup(self._stop, protocol)
-        host, port = await protocol.listening(timeout=20)
-        self.processes.append(protocol)
-        return "http://{}:{}".format(host, port)
-
-    async def _stop(self, protocol):
-        if protocol.exit is not None:
-            return
-        try:
-            protocol.transport.signalProcess("TERM")
-        except ProcessExitedAlready:
-            return
-        try:
-            await protocol.ended(timeout=10)
-        except Exception:
-            protocol.transport.signalProcess("KILL")
-            await protocol.ended(timeout=5)
+        return await ServerProcesses.spawn(self, "a8controller", env, listen=LOCAL, args=args)
 
     async def call(self, method, url, body=None, timeout=10):
-        kwargs = {} if body is None else {"json": body}
-        response = await self.http.request(method, url, **kwargs).addTimeout(
-            timeout, reactor)
-        return response, json.loads(await response.content() or b"null")
+        response, content = await ServerProcesses.call(self, method, url, body, timeout)
+        return response, json.loads(content or b"null")
 
     async def test_replicas(self):
         """A rule written through one controller wakes the blocking read held on the
@@ -731,6 +699,4 @@ class EtcdReplicaProcessTests(TestCase):
         response, body = await self.call("GET", one + "/v1/rules")
         self.assertEqual((body["revision"], sorted(r["id"] for r in body["rules"])),
                          (2, ["r1", "r2"]))
-        for protocol in self.processes:
-            lines = protocol.stderr + protocol.stdout
-            self.assertFalse([line for line in lines if "Traceback" in line], lines[-20:])
+        self.assertNoTraceback()
